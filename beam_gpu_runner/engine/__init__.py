@@ -1,0 +1,1 @@
+"""engine layer (see BUILD_NOTES.md, layering rules)."""

@@ -1,0 +1,1 @@
+"""execution layer (see BUILD_NOTES.md, layering rules)."""

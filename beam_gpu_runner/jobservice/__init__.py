@@ -1,0 +1,1 @@
+"""jobservice layer (see BUILD_NOTES.md, layering rules)."""

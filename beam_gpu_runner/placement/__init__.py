@@ -1,0 +1,1 @@
+"""placement layer (see BUILD_NOTES.md, layering rules)."""

@@ -1,0 +1,1 @@
+"""preprocess layer (see BUILD_NOTES.md, layering rules)."""

@@ -1,0 +1,1 @@
+"""The external resource framework (Flink FLIP-108 style)."""

@@ -1,0 +1,1 @@
+"""workers layer (see BUILD_NOTES.md, layering rules)."""

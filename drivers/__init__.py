@@ -1,0 +1,1 @@
+"""beam_gpu_runner.drivers (folder drivers/ at the repository top)."""

@@ -1,0 +1,1 @@
+"""beam_gpu_runner.pipelines (folder pipelines/ at the repository top)."""

@@ -1,0 +1,1 @@
+"""beam_gpu_runner.transforms (folder transforms/ at the repository top)."""

@@ -1,0 +1,310 @@
+"""The element manager: a pure state machine over stages (Prism-style).
+
+Events in (a bundle succeeded or failed, time passed), instructions out (run
+this bundle, the job finished or failed). No processes, no protos, no
+threads: the driver in ``execution`` feeds it and carries out what it says.
+
+Per stage it tracks pending input, input/output watermarks and holds, event-
+and processing-time timers. Batch is the bounded case: watermarks jump from
+MIN to MAX as upstream stages drain. Streaming adds holds below MAX from
+residual watermarks and timers, with the same loop.
+"""
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from beam_gpu_runner.engine.events import (
+    Bundle, BundleFailed, BundleSucceeded, Event, Instruction, JobFailed,
+    JobFinished, Payload, RunBundle, Tick, TimerBatch)
+from beam_gpu_runner.engine.graph import InputKind, StageGraph, StageSpec
+from beam_gpu_runner.engine.timestamps import (
+    MAX_TIMESTAMP, MIN_TIMESTAMP, Clock, Micros, fmt)
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class _PendingTimer:
+    batch: TimerBatch
+    processing_time: bool
+
+
+@dataclass
+class _StageState:
+    spec: StageSpec
+    ready: collections.deque[Bundle] = field(default_factory=collections.deque)
+    #: (ready_at, seq, bundle): work that must wait for processing time
+    delayed: list[tuple[float, int, Bundle]] = field(default_factory=list)
+    #: BARRIER inputs held until the input watermark passes
+    barrier: dict[str, list[Payload]] = field(default_factory=dict)
+    timers: list[_PendingTimer] = field(default_factory=list)
+    in_flight: dict[str, Bundle] = field(default_factory=dict)
+    output_watermark: Micros = MIN_TIMESTAMP
+
+    def has_data_work(self) -> bool:
+        return bool(self.ready or self.delayed or any(self.barrier.values())
+                    or any(b.inputs for b in self.in_flight.values()))
+
+    def idle(self) -> bool:
+        return not (self.ready or self.delayed or any(self.barrier.values())
+                    or self.timers or self.in_flight)
+
+    def hold(self) -> Micros:
+        holds = [b.hold for b in self.ready]
+        holds += [b.hold for _, _, b in self.delayed]
+        holds += [b.hold for b in self.in_flight.values()]
+        holds += [t.batch.hold for t in self.timers]
+        if any(self.barrier.values()):
+            holds.append(MIN_TIMESTAMP)
+        return min(holds, default=MAX_TIMESTAMP)
+
+
+class ElementManager:
+    """Schedules bundles of a stage graph; see the module docstring."""
+
+    def __init__(self, graph: StageGraph, clock: Clock, max_attempts: int = 3) -> None:
+        if max_attempts < 1:
+            raise ValueError("ElementManager: max_attempts must be >= 1, got %r"
+                             % max_attempts)
+        self._graph = graph
+        self._clock = clock
+        self._max_attempts = max_attempts
+        self._stages = {s.name: _StageState(s) for s in graph.stages}
+        self._ids = itertools.count(1)
+        self._seq = itertools.count()
+        self._bundles: dict[str, Bundle] = {}     # in flight, by id
+        self._done = False
+        self._timer_kind = {
+            (s.name, t.family): t.processing_time
+            for s in graph.stages for t in s.timer_families}
+
+    # ---- inputs -------------------------------------------------------------
+
+    def add_initial(self, stage: str, inputs: dict[str, tuple[Payload, ...]]) -> None:
+        """Seed a stage with its impulse (before the first ``start``)."""
+        state = self._state(stage, "add_initial")
+        state.ready.append(self._new_bundle(stage, inputs, MIN_TIMESTAMP))
+
+    def start(self) -> list[Instruction]:
+        return self._schedule()
+
+    def handle(self, event: Event) -> list[Instruction]:
+        if self._done:
+            return []
+        if isinstance(event, BundleSucceeded):
+            self._on_success(event)
+        elif isinstance(event, BundleFailed):
+            failed = self._on_failure(event)
+            if failed is not None:
+                self._done = True
+                return [failed]
+        elif isinstance(event, Tick):
+            pass
+        else:  # pragma: no cover - typing guards this
+            raise TypeError("ElementManager.handle: unknown event %r" % (event,))
+        return self._schedule()
+
+    # ---- queries ------------------------------------------------------------
+
+    def watermark(self, stage: str) -> Micros:
+        return self._state(stage, "watermark").output_watermark
+
+    def input_watermark(self, stage: str) -> Micros:
+        return self._input_watermark(self._state(stage, "input_watermark").spec)
+
+    def in_flight(self) -> int:
+        return len(self._bundles)
+
+    def next_wakeup(self) -> Optional[float]:
+        """Processing time of the next delayed bundle or timer, if any."""
+        times = [t for s in self._stages.values() for t, _, _ in s.delayed[:1]]
+        times += [t.batch.fire_at / 1e6 for s in self._stages.values()
+                  for t in s.timers if t.processing_time]
+        return min(times, default=None)
+
+    def describe(self) -> str:
+        lines = []
+        for s in self._stages.values():
+            lines.append(
+                "%s: in_wm=%s out_wm=%s ready=%d delayed=%d barrier=%d timers=%d "
+                "in_flight=%d" % (
+                    s.spec.name, fmt(self._input_watermark(s.spec)),
+                    fmt(s.output_watermark), len(s.ready), len(s.delayed),
+                    sum(len(v) for v in s.barrier.values()), len(s.timers),
+                    len(s.in_flight)))
+        return "\n".join(lines)
+
+    # ---- transitions --------------------------------------------------------
+
+    def _on_success(self, event: BundleSucceeded) -> None:
+        bundle = self._pop_in_flight(event.bundle_id, "BundleSucceeded")
+        state = self._stages[bundle.stage]
+        for buffer, payloads in event.produced.items():
+            payloads = tuple(p for p in payloads if p is not None)
+            if not payloads:
+                continue
+            for consumer, transform in self._graph.consumers.get(buffer, ()):
+                self._deliver(consumer, transform, payloads)
+        if event.residuals:
+            residual = self._new_bundle(
+                bundle.stage, dict(event.residuals), event.residual_hold)
+            if event.resume_at > self._clock():
+                heapq.heappush(state.delayed,
+                               (event.resume_at, next(self._seq), residual))
+            else:
+                state.ready.append(residual)
+        for batch in event.timers:
+            key = (bundle.stage, batch.family)
+            if key not in self._timer_kind:
+                raise ValueError(
+                    "BundleSucceeded: stage %r set timers of undeclared family %r"
+                    % (bundle.stage, batch.family))
+            state.timers.append(_PendingTimer(batch, self._timer_kind[key]))
+
+    def _deliver(self, stage: str, transform: str, payloads: tuple[Payload, ...]) -> None:
+        state = self._stages[stage]
+        spec = next(i for i in state.spec.inputs if i.transform == transform)
+        if spec.kind is InputKind.BARRIER or state.spec.stateful:
+            state.barrier.setdefault(transform, []).extend(payloads)
+        else:
+            for payload in payloads:
+                state.ready.append(
+                    self._new_bundle(stage, {transform: (payload,)}, MIN_TIMESTAMP))
+
+    def _on_failure(self, event: BundleFailed) -> Optional[JobFailed]:
+        bundle = self._pop_in_flight(event.bundle_id, "BundleFailed")
+        if event.retriable and bundle.attempt < self._max_attempts:
+            _LOG.warning("Bundle %s of stage %s failed (attempt %d of %d), retrying: %s",
+                         bundle.id, bundle.stage, bundle.attempt, self._max_attempts,
+                         event.error)
+            self._stages[bundle.stage].ready.appendleft(
+                replace(bundle, attempt=bundle.attempt + 1))
+            return None
+        if event.retriable:
+            error = ("stage %s: bundle %s failed %d times (max_bundle_attempts=%d); "
+                     "last error: %s" % (bundle.stage, bundle.id, bundle.attempt,
+                                         self._max_attempts, event.error))
+        else:
+            error = event.error
+        return JobFailed(stage=bundle.stage, error=error, cause=event.cause)
+
+    def _pop_in_flight(self, bundle_id: str, what: str) -> Bundle:
+        try:
+            bundle = self._bundles.pop(bundle_id)
+        except KeyError:
+            raise ValueError("%s: bundle %r is not in flight" % (what, bundle_id)) from None
+        del self._stages[bundle.stage].in_flight[bundle_id]
+        return bundle
+
+    # ---- scheduling ---------------------------------------------------------
+
+    def _schedule(self) -> list[Instruction]:
+        self._update_watermarks()
+        now = self._clock()
+        out: list[Instruction] = []
+        for state in self._stages.values():
+            self._release(state, now)
+            out.extend(self._dispatch(state))
+        if out:
+            # Dispatching changes holds only by moving work to in-flight.
+            return out
+        if all(s.idle() for s in self._stages.values()):
+            self._done = True
+            return [JobFinished()]
+        if not self._bundles and self.next_wakeup() is None:
+            self._done = True
+            return [JobFailed(stage=None, error=(
+                "ElementManager: no bundle can run and nothing is in flight; "
+                "the pipeline is stuck:\n" + self.describe()))]
+        return out
+
+    def _release(self, state: _StageState, now: float) -> None:
+        spec = state.spec
+        in_wm = self._input_watermark(spec)
+        while state.delayed and state.delayed[0][0] <= now:
+            state.ready.append(heapq.heappop(state.delayed)[2])
+        if any(state.barrier.values()) and in_wm >= MAX_TIMESTAMP:
+            inputs = {t: tuple(p) for t, p in state.barrier.items() if p}
+            state.barrier.clear()
+            state.ready.append(self._new_bundle(spec.name, inputs, MIN_TIMESTAMP))
+        if not state.timers:
+            return
+        data_pending = state.has_data_work()
+        due: list[_PendingTimer] = []
+        keep: list[_PendingTimer] = []
+        for timer in state.timers:
+            if timer.processing_time:
+                fire = timer.batch.fire_at / 1e6 <= now
+            else:
+                fire = not data_pending and in_wm >= timer.batch.fire_at
+            (due if fire else keep).append(timer)
+        if not due:
+            return
+        state.timers = keep
+        timers: dict[str, list[Payload]] = {}
+        for timer in due:
+            timers.setdefault(timer.batch.family, []).append(timer.batch.payload)
+        state.ready.append(self._new_bundle(
+            spec.name, {}, min(t.batch.hold for t in due),
+            timers={k: tuple(v) for k, v in timers.items()}))
+
+    def _dispatch(self, state: _StageState) -> list[Instruction]:
+        if not state.ready or not self._side_inputs_ready(state.spec):
+            return []
+        out: list[Instruction] = []
+        while state.ready:
+            if state.spec.stateful and state.in_flight:
+                break
+            bundle = state.ready.popleft()
+            state.in_flight[bundle.id] = bundle
+            self._bundles[bundle.id] = bundle
+            out.append(RunBundle(bundle))
+        return out
+
+    def _side_inputs_ready(self, spec: StageSpec) -> bool:
+        return all(self._buffer_watermark(b) >= MAX_TIMESTAMP for b in spec.side_inputs)
+
+    # ---- watermarks ---------------------------------------------------------
+
+    def _buffer_watermark(self, buffer: str) -> Micros:
+        producers = self._graph.producers.get(buffer, ())
+        return min((self._stages[p].output_watermark for p in producers),
+                   default=MAX_TIMESTAMP)
+
+    def _input_watermark(self, spec: StageSpec) -> Micros:
+        buffers = [i.buffer for i in spec.inputs if i.kind is not InputKind.IMPULSE]
+        buffers += list(spec.side_inputs)
+        return min((self._buffer_watermark(b) for b in buffers), default=MAX_TIMESTAMP)
+
+    def _update_watermarks(self) -> None:
+        # Stages arrive topologically sorted; iterate to a fixpoint anyway so
+        # that an unsorted graph is still right (watermarks only move up).
+        for _ in range(len(self._stages) + 1):
+            changed = False
+            for state in self._stages.values():
+                new = min(self._input_watermark(state.spec), state.hold())
+                if new > state.output_watermark:
+                    state.output_watermark = new
+                    changed = True
+            if not changed:
+                return
+
+    # ---- helpers ------------------------------------------------------------
+
+    def _new_bundle(self, stage: str, inputs: dict[str, tuple[Payload, ...]],
+                    hold: Micros, timers: Optional[dict[str, tuple[Payload, ...]]] = None
+                    ) -> Bundle:
+        return Bundle(id="%s#%d" % (stage, next(self._ids)), stage=stage,
+                      inputs=inputs, timers=timers or {}, hold=hold)
+
+    def _state(self, stage: str, what: str) -> _StageState:
+        try:
+            return self._stages[stage]
+        except KeyError:
+            raise ValueError("ElementManager.%s: unknown stage %r (known: %s)"
+                             % (what, stage, sorted(self._stages))) from None

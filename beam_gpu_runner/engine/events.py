@@ -1,0 +1,92 @@
+"""Events into the element manager and instructions out of it (dask-style).
+
+Payloads are opaque to the engine: the execution layer puts encoded element
+buffers there, tests put strings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Union
+
+from beam_gpu_runner.engine.timestamps import MIN_TIMESTAMP, Micros
+
+Payload = Any
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """One unit of work for one stage."""
+
+    id: str
+    stage: str
+    inputs: Mapping[str, tuple[Payload, ...]]     # data-input transform -> payloads
+    timers: Mapping[str, tuple[Payload, ...]] = field(default_factory=dict)
+    #: The earliest event time this work may still produce: holds the stage's
+    #: output watermark while the bundle is pending or running.
+    hold: Micros = MIN_TIMESTAMP
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class TimerBatch:
+    """Timers one bundle set for one family."""
+
+    family: str
+    payload: Payload
+    fire_at: Micros          # earliest firing time (event or processing time)
+    hold: Micros             # earliest output timestamp (watermark hold)
+
+
+# ---- events ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BundleSucceeded:
+    bundle_id: str
+    #: buffer -> payloads this bundle wrote (a payload per consumer bundle)
+    produced: Mapping[str, tuple[Payload, ...]] = field(default_factory=dict)
+    #: data-input transform -> payloads left unprocessed (SDF residuals, splits)
+    residuals: Mapping[str, tuple[Payload, ...]] = field(default_factory=dict)
+    residual_hold: Micros = MIN_TIMESTAMP
+    #: processing time (seconds) before which the residual must not run
+    resume_at: float = 0.0
+    timers: tuple[TimerBatch, ...] = ()
+
+
+@dataclass(frozen=True)
+class BundleFailed:
+    bundle_id: str
+    error: str
+    #: True when the worker was lost (the bundle may run again elsewhere);
+    #: False for a failure of user code (the job fails).
+    retriable: bool
+    cause: Optional[BaseException] = None
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Processing time moved on (the driver calls this when it wakes)."""
+
+
+Event = Union[BundleSucceeded, BundleFailed, Tick]
+
+
+# ---- instructions -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunBundle:
+    bundle: Bundle
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    pass
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    stage: Optional[str]
+    error: str
+    cause: Optional[BaseException] = None
+
+
+Instruction = Union[RunBundle, JobFinished, JobFailed]

@@ -1,0 +1,228 @@
+"""Element manager tests: plain string ids and payloads, a fake clock, no processes."""
+from __future__ import annotations
+
+import pytest
+
+from beam_gpu_runner.engine.element_manager import ElementManager
+from beam_gpu_runner.engine.events import (
+    BundleFailed, BundleSucceeded, JobFailed, JobFinished, RunBundle, Tick, TimerBatch)
+from beam_gpu_runner.engine.graph import (
+    GraphError, InputKind, InputSpec, StageGraph, StageSpec, TimerFamily)
+from beam_gpu_runner.engine.timestamps import MAX_TIMESTAMP, MIN_TIMESTAMP
+
+
+class TestingClock:
+    __test__ = False
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def stage(name, inputs=(), outputs=(), side_inputs=(), timers=(), stateful=False):
+    return StageSpec(name=name, inputs=tuple(inputs), outputs=tuple(outputs),
+                     side_inputs=tuple(side_inputs), timer_families=tuple(timers),
+                     stateful=stateful)
+
+
+def imp(t="read"):
+    return InputSpec(t, "impulse", InputKind.IMPULSE)
+
+
+def stream(buf, t=None):
+    return InputSpec(t or "in_" + buf, buf, InputKind.STREAM)
+
+
+def barrier(buf, t=None):
+    return InputSpec(t or "in_" + buf, buf, InputKind.BARRIER)
+
+
+def runs(instructions):
+    return [i.bundle for i in instructions if isinstance(i, RunBundle)]
+
+
+def make(stages, **kw):
+    clock = TestingClock()
+    em = ElementManager(StageGraph.of(stages), clock, **kw)
+    return em, clock
+
+
+def test_linear_stream_pipeline_hands_off_per_bundle():
+    em, _ = make([stage("A", [imp()], ["a"]), stage("B", [stream("a")], ["b"])])
+    em.add_initial("A", {"read": ("impulse",)})
+    [a] = runs(em.start())
+    assert a.stage == "A" and a.inputs == {"read": ("impulse",)}
+    out = em.handle(BundleSucceeded(a.id, produced={"a": ("p1", "p2")}))
+    bs = runs(out)
+    assert [(b.stage, b.inputs) for b in bs] == [
+        ("B", {"in_a": ("p1",)}), ("B", {"in_a": ("p2",)})]
+    assert em.watermark("A") == MAX_TIMESTAMP
+    assert em.watermark("B") == MIN_TIMESTAMP
+    assert em.handle(BundleSucceeded(bs[0].id)) == []
+    assert em.handle(BundleSucceeded(bs[1].id)) == [JobFinished()]
+    assert em.watermark("B") == MAX_TIMESTAMP
+
+
+def test_barrier_waits_for_all_producer_bundles():
+    em, _ = make([
+        stage("A", [imp()], ["a"]),
+        stage("B", [stream("a")], ["g"]),
+        stage("C", [barrier("g")], []),
+    ])
+    em.add_initial("A", {"read": ("i",)})
+    [a] = runs(em.start())
+    b1, b2 = runs(em.handle(BundleSucceeded(a.id, produced={"a": ("x", "y")})))
+    assert runs(em.handle(BundleSucceeded(b1.id, produced={"g": ("g1",)}))) == []
+    [c] = runs(em.handle(BundleSucceeded(b2.id, produced={"g": ("g2",)})))
+    assert c.stage == "C" and c.inputs == {"in_g": ("g1", "g2")}
+    assert em.handle(BundleSucceeded(c.id)) == [JobFinished()]
+
+
+def test_side_inputs_gate_the_consumer_until_complete():
+    em, _ = make([
+        stage("Main", [imp("r1")], ["m"]),
+        stage("Side", [imp("r2")], ["s"]),
+        stage("Use", [stream("m")], [], side_inputs=["s"]),
+    ])
+    em.add_initial("Main", {"r1": ("i",)})
+    em.add_initial("Side", {"r2": ("i",)})
+    main, side = runs(em.start())
+    assert runs(em.handle(BundleSucceeded(main.id, produced={"m": ("x",)}))) == []
+    [use] = runs(em.handle(BundleSucceeded(side.id, produced={"s": ("s",)})))
+    assert use.stage == "Use"
+    assert em.handle(BundleSucceeded(use.id)) == [JobFinished()]
+
+
+def test_residuals_hold_the_watermark_and_run_again():
+    em, _ = make([stage("Sdf", [imp()], ["o"]), stage("Sink", [stream("o")])])
+    em.add_initial("Sdf", {"read": ("r",)})
+    [s] = runs(em.start())
+    out = runs(em.handle(BundleSucceeded(
+        s.id, produced={"o": ("o1",)}, residuals={"read": ("rest",)},
+        residual_hold=5)))
+    stages = sorted(b.stage for b in out)
+    assert stages == ["Sdf", "Sink"]
+    assert em.watermark("Sdf") == 5
+    rest = next(b for b in out if b.stage == "Sdf")
+    assert rest.inputs == {"read": ("rest",)} and rest.hold == 5
+
+
+def test_requested_delay_is_honoured_with_the_clock():
+    em, clock = make([stage("Sdf", [imp()], [])])
+    em.add_initial("Sdf", {"read": ("r",)})
+    [s] = runs(em.start())
+    assert em.handle(BundleSucceeded(
+        s.id, residuals={"read": ("rest",)}, resume_at=clock.now + 1.0)) == []
+    assert em.next_wakeup() == clock.now + 1.0
+    assert em.handle(Tick()) == []           # not yet: no busy loop
+    clock.now += 1.0
+    [again] = runs(em.handle(Tick()))
+    assert again.inputs == {"read": ("rest",)}
+    assert em.handle(BundleSucceeded(again.id)) == [JobFinished()]
+
+
+def test_event_time_timers_fire_after_input_drains_and_hold_watermark():
+    em, _ = make([
+        stage("A", [imp()], ["a"]),
+        stage("T", [stream("a")], ["t"], timers=[TimerFamily("f")], stateful=True),
+        stage("D", [stream("t")]),
+    ])
+    em.add_initial("A", {"read": ("i",)})
+    [a] = runs(em.start())
+    [t] = runs(em.handle(BundleSucceeded(a.id, produced={"a": ("x",)})))
+    assert t.stage == "T" and t.inputs == {"in_a": ("x",)}
+    [fire] = runs(em.handle(BundleSucceeded(
+        t.id, timers=(TimerBatch("f", "timers1", fire_at=10, hold=7),))))
+    assert fire.timers == {"f": ("timers1",)} and fire.inputs == {}
+    assert em.watermark("T") == 7
+    [d] = runs(em.handle(BundleSucceeded(fire.id, produced={"t": ("out",)})))
+    assert em.handle(BundleSucceeded(d.id)) == [JobFinished()]
+
+
+def test_processing_time_timers_fire_on_the_clock():
+    em, clock = make([stage("P", [imp()], [], timers=[TimerFamily("pt", True)],
+                            stateful=True)])
+    em.add_initial("P", {"read": ("i",)})
+    [p] = runs(em.start())
+    fire_at = int((clock.now + 2) * 1e6)
+    assert em.handle(BundleSucceeded(
+        p.id, timers=(TimerBatch("pt", "t", fire_at=fire_at, hold=MIN_TIMESTAMP),))) == []
+    clock.now += 2
+    [fire] = runs(em.handle(Tick()))
+    assert fire.timers == {"pt": ("t",)}
+
+
+def test_stateful_stage_runs_one_bundle_at_a_time_with_all_input():
+    em, _ = make([stage("A", [imp()], ["a"]), stage("S", [stream("a")], stateful=True)])
+    em.add_initial("A", {"read": ("i",)})
+    [a] = runs(em.start())
+    [s] = runs(em.handle(BundleSucceeded(a.id, produced={"a": ("x", "y")})))
+    assert s.inputs == {"in_a": ("x", "y")}
+
+
+def test_lost_worker_retries_then_fails_after_max_attempts():
+    em, _ = make([stage("A", [imp()], [])], max_attempts=2)
+    em.add_initial("A", {"read": ("i",)})
+    [a] = runs(em.start())
+    [again] = runs(em.handle(BundleFailed(a.id, "worker lost", retriable=True)))
+    assert again.id == a.id and again.attempt == 2
+    [failed] = em.handle(BundleFailed(again.id, "worker lost", retriable=True))
+    assert isinstance(failed, JobFailed) and failed.stage == "A"
+    assert "failed 2 times" in failed.error and "max_bundle_attempts=2" in failed.error
+
+
+def test_user_error_fails_the_job_at_once():
+    em, _ = make([stage("A", [imp()], [])])
+    em.add_initial("A", {"read": ("i",)})
+    [a] = runs(em.start())
+    [failed] = em.handle(BundleFailed(a.id, "ZeroDivisionError in step X", retriable=False))
+    assert failed == JobFailed(stage="A", error="ZeroDivisionError in step X")
+    assert em.handle(Tick()) == []
+
+
+def test_side_input_without_producer_counts_as_complete():
+    em, _ = make([
+        stage("Never", [stream("nothing")], ["s"]),
+        stage("Main", [imp()], ["m"]),
+        stage("Use", [stream("m")], [], side_inputs=["s"]),
+    ])
+    em.add_initial("Main", {"read": ("i",)})
+    [main] = runs(em.start())
+    [use] = runs(em.handle(BundleSucceeded(main.id, produced={"m": ("x",)})))
+    assert em.handle(BundleSucceeded(use.id)) == [JobFinished()]
+
+
+def test_stuck_graph_is_reported_not_hung():
+    # A barrier fed by its own output can never see its watermark pass.
+    em, _ = make([
+        stage("X", [imp()], ["s2"]),
+        stage("Loop", [barrier("s2")], ["s2"]),
+    ])
+    em.add_initial("X", {"read": ("i",)})
+    [x] = runs(em.start())
+    [failed] = em.handle(BundleSucceeded(x.id, produced={"s2": ("v",)}))
+    assert isinstance(failed, JobFailed) and failed.stage is None
+    assert "stuck" in failed.error and "Loop: in_wm=MIN" in failed.error
+
+
+def test_unknown_bundle_and_stage_errors_name_the_id():
+    em, _ = make([stage("A", [imp()], [])])
+    with pytest.raises(ValueError, match="'nope' is not in flight"):
+        em.handle(BundleSucceeded("nope"))
+    with pytest.raises(ValueError, match="unknown stage 'Z'"):
+        em.add_initial("Z", {})
+
+
+def test_duplicate_stage_names_are_rejected():
+    with pytest.raises(GraphError, match="duplicate stage names"):
+        StageGraph.of([stage("A", [imp()]), stage("A", [imp()])])
+
+
+def test_undeclared_timer_family_is_an_error():
+    em, _ = make([stage("A", [imp()], [])])
+    em.add_initial("A", {"read": ("i",)})
+    [a] = runs(em.start())
+    with pytest.raises(ValueError, match="undeclared family 'f'"):
+        em.handle(BundleSucceeded(a.id, timers=(TimerBatch("f", "t", 1, 1),)))

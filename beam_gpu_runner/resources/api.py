@@ -73,3 +73,22 @@ class ResourceInfo:
 
     def __repr__(self) -> str:
         return "ResourceInfo(%s)" % ", ".join("%s=%r" % kv for kv in self.properties)
+
+
+class DiscoveryError(RuntimeError):
+    """A driver could not produce the resources it was asked for.
+
+    Carries one message argument only, so it pickles across processes.
+    """
+
+
+@runtime_checkable
+class EnumeratingDriver(Protocol):
+    """Optional driver extension: list every resource the host has.
+
+    Used when ``external-resource.<name>.amount`` is not set ("all discovered").
+    Drivers without it need an explicit amount.
+    """
+
+    def all_resource_info(self) -> list[ExternalResourceInfo]:
+        """Every resource this driver can see, in index order (may be empty)."""

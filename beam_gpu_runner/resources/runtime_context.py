@@ -58,6 +58,13 @@ class RuntimeContext:
         if self.visible_devices is None:
             return int(index)
         if index not in self.visible_devices:
+            # A MIG instance is listed by its MIG- UUID; accept its parent index
+            # when exactly one of this worker's GPUs has it.
+            matches = [visible_id(g) for g in self.gpus()
+                       if g.get_property("index") == index]
+            if len(matches) == 1 and matches[0] in self.visible_devices:
+                return self.visible_devices.index(matches[0])
+        if index not in self.visible_devices:
             raise RuntimeContextError(
                 "device_ordinal: physical GPU index %s is not in this worker's "
                 "CUDA_VISIBLE_DEVICES=%s; use an index from "
@@ -85,7 +92,7 @@ class RuntimeContext:
             _LOG.info("jax_device: no JAX GPU backend; using CPU for GPU %s",
                       gpus[which].get_property("index"))
             return jax.devices("cpu")[0]
-        ordinal = self.device_ordinal(gpus[which].get_property("index") or "0")
+        ordinal = self.device_ordinal(visible_id(gpus[which]) or "0")
         if ordinal >= len(cuda):
             raise RuntimeContextError(
                 "jax_device: GPU index %s maps to ordinal %d but JAX sees %d GPU(s)"
@@ -103,9 +110,17 @@ class RuntimeContext:
         gpus = self.gpus()
         if gpus:
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(
-                g.get_property("index") or "" for g in gpus)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(visible_id(g) for g in gpus)
         return env
+
+
+def visible_id(info: ResourceInfo) -> str:
+    """How ``CUDA_VISIBLE_DEVICES`` names this GPU: its index, or for a MIG
+    instance (which has no index of its own) its ``MIG-...`` UUID."""
+    uuid = info.get_property("uuid") or ""
+    if uuid.startswith("MIG-"):
+        return uuid
+    return info.get_property("index") or ""
 
 
 def from_env(environ: Mapping[str, str]) -> RuntimeContext:

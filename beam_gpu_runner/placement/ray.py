@@ -1,0 +1,558 @@
+"""Ray placement: each worker is a Ray actor hosting one Beam SDK harness.
+
+Ray assigns the devices (``assigns_devices = True``): a stage's requirements
+become the actor's ``num_gpus`` (fractional too), ``accelerator_type``,
+``num_cpus`` and ``memory``; stages with two or more GPUs reserve them in a
+STRICT_PACK placement group so that they are on one node. Inside the actor
+(``ray_actor.HarnessActor``) the harness gets the GPUs Ray chose through the
+runtime context environment (``BEAM_GPU_RUNNER_RESOURCES``,
+``CUDA_DEVICE_ORDER``, ``CUDA_VISIBLE_DEVICES``).
+
+Ray is imported lazily: the rest of the runner works without the ``[ray]``
+extra, and constructing a ``RayPlacement`` does not connect to anything until
+the first call that needs the cluster.
+
+A request the cluster can never satisfy fails at once (unless
+``fail_fast_infeasible=False``, for autoscaling clusters); one that does not
+start within ``start_timeout`` seconds fails then. Both errors name the worker,
+the requirements, what was asked of Ray and what the cluster has.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+from beam_gpu_runner.placement.api import WorkerLaunch
+from beam_gpu_runner.placement.ray_actor import (
+    HarnessActor, HarnessSpec, HarnessStarted, describe_returncode)
+from beam_gpu_runner.resources.requirements import StageRequirements
+
+_LOG = logging.getLogger(__name__)
+
+#: Beam accelerator type strings whose Ray label is not the generic mapping.
+#: Ray labels nodes from the NVML name ("NVIDIA A100-SXM4-80GB" -> "A100");
+#: size-specific labels such as "A100-80G" are never added automatically.
+BEAM_TO_RAY_ACCELERATOR: Mapping[str, str] = {
+    "nvidia-tesla-a100": "A100",
+    "nvidia-a100-80gb": "A100",
+    "nvidia-h100-80gb": "H100",
+    "nvidia-h100-mega-80gb": "H100",
+    "nvidia-rtx-pro-6000": "RTX-PRO-6000",
+}
+
+_ACCELERATOR_PREFIX = "accelerator_type:"
+
+
+class RayPlacementError(RuntimeError):
+    """A worker could not be placed on Ray (infeasible, timed out, died early)."""
+
+    def __init__(self, message: str, worker_id: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.worker_id = worker_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.worker_id))
+
+
+def ray_available() -> bool:
+    """True when the ``[ray]`` extra is installed."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ray_accelerator_type(beam_type: str,
+                         overrides: Optional[Mapping[str, str]] = None) -> str:
+    """Map a Beam accelerator type ("nvidia-h100") to Ray's label ("H100").
+
+    Order: ``overrides``, then ``BEAM_TO_RAY_ACCELERATOR``, then a name that
+    already is one of Ray's labels (``ray.util.accelerators``, e.g. "H100" or
+    "AMD-Instinct-MI300X-OAM"), then the generic rule: drop "nvidia-" and
+    "tesla-", drop a memory suffix ("-80gb"), upper-case ("nvidia-l40s" ->
+    "L40S"). Never raises: a label no node has is reported when placing.
+    """
+    key = beam_type.strip()
+    if not key:
+        raise ValueError("ray_accelerator_type: empty accelerator type")
+    for table in (overrides or {}, BEAM_TO_RAY_ACCELERATOR):
+        if key in table:
+            return table[key]
+        if key.lower() in table:
+            return table[key.lower()]
+    if key in _known_ray_labels():
+        return key
+    name = key.lower()
+    name = re.sub(r"^nvidia[-_ ]", "", name)
+    name = re.sub(r"^tesla[-_ ]", "", name)
+    name = re.sub(r"-(mega-)?\d+gb$", "", name)
+    return name.upper()
+
+
+def _known_ray_labels() -> frozenset[str]:
+    try:
+        from ray.util import accelerators
+    except ImportError:
+        return frozenset()
+    return frozenset(
+        value for name, value in vars(accelerators).items()
+        if name.isupper() and isinstance(value, str))
+
+
+@dataclass(frozen=True)
+class RayRequest:
+    """What one worker asks of Ray, derived from ``StageRequirements``."""
+
+    num_gpus: float
+    num_cpus: float
+    memory: Optional[int]
+    accelerator_type: Optional[str]     # Ray's label, e.g. "H100"
+
+    @property
+    def uses_placement_group(self) -> bool:
+        return self.num_gpus >= 2
+
+    def resources(self) -> dict[str, float]:
+        """Ray resource names and amounts (as in ``ray.cluster_resources()``)."""
+        res: dict[str, float] = {}
+        if self.num_cpus > 0:
+            res["CPU"] = self.num_cpus
+        if self.num_gpus > 0:
+            res["GPU"] = self.num_gpus
+        if self.memory:
+            res["memory"] = float(self.memory)
+        if self.accelerator_type:
+            res[_ACCELERATOR_PREFIX + self.accelerator_type] = 0.001
+        return res
+
+    def describe(self) -> str:
+        return "num_gpus=%g, num_cpus=%g, memory=%s, accelerator_type=%s%s" % (
+            self.num_gpus, self.num_cpus, self.memory, self.accelerator_type,
+            ", STRICT_PACK placement group" if self.uses_placement_group else "")
+
+    @classmethod
+    def of(cls, requirements: StageRequirements, default_num_cpus: float,
+           accelerator_overrides: Optional[Mapping[str, str]] = None) -> "RayRequest":
+        gpus = requirements.gpu_count
+        if gpus < 0 or math.isnan(gpus):
+            raise ValueError("RayRequest: gpu_count must be >= 0, got %r" % gpus)
+        # Ray only takes fractions below one; count:1.5 means two devices.
+        num_gpus = float(requirements.whole_devices) if gpus >= 1 else float(gpus)
+        return cls(
+            num_gpus=num_gpus,
+            num_cpus=float(requirements.cpu_count
+                           if requirements.cpu_count is not None else default_num_cpus),
+            memory=requirements.min_ram_bytes or None,
+            accelerator_type=(
+                ray_accelerator_type(requirements.accelerator_type, accelerator_overrides)
+                if requirements.accelerator_type and gpus > 0 else None))
+
+
+def _descriptor(address: str) -> str:
+    from apache_beam.portability.api import endpoints_pb2
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(endpoints_pb2.ApiServiceDescriptor(url=address))
+
+
+class RayWorkerProcess:
+    """Driver-side handle of one worker actor (implements ``WorkerProcess``)."""
+
+    def __init__(self, placement: "RayPlacement", launch: WorkerLaunch,
+                 request: RayRequest, actor: Any, placement_group: Any,
+                 started: HarnessStarted) -> None:
+        self.worker_id = launch.worker_id
+        self.requirements = launch.requirements
+        self.request = request
+        self.started = started
+        self._placement = placement
+        self._actor = actor
+        self._placement_group = placement_group
+        self._lock = threading.Lock()
+        self._final: Optional[str] = None   # set once the worker has ended
+
+    # Where it runs, for logs and tests.
+    @property
+    def node_id(self) -> str:
+        return self.started.node_id
+
+    @property
+    def node_ip(self) -> str:
+        return self.started.node_ip
+
+    @property
+    def gpu_ids(self) -> tuple[str, ...]:
+        return self.started.gpu_ids
+
+    @property
+    def harness_pid(self) -> int:
+        return self.started.harness_pid
+
+    @property
+    def actor_pid(self) -> int:
+        return self.started.actor_pid
+
+    def _call(self, method: str, *args: Any, timeout: float) -> Any:
+        import ray
+
+        return ray.get(getattr(self._actor, method).remote(*args), timeout=timeout)
+
+    def _status(self) -> Optional[str]:
+        """None while running, else the description of how it ended."""
+        with self._lock:
+            if self._final is not None:
+                return self._final
+        import ray.exceptions as rex
+
+        try:
+            code = self._call("poll", timeout=self._placement.call_timeout)
+        except rex.GetTimeoutError:
+            # A busy or partitioned node; Ray declares the actor dead if the
+            # node is really gone, and we report that on a later call.
+            _LOG.warning("RayWorkerProcess: worker %s did not answer poll within %.1fs; "
+                         "assuming it still runs", self.worker_id,
+                         self._placement.call_timeout)
+            return None
+        except rex.ActorUnavailableError as exc:
+            _LOG.warning("RayWorkerProcess: worker %s is temporarily unavailable: %s",
+                         self.worker_id, exc)
+            return None
+        except rex.RayActorError as exc:
+            return self._finish("actor died: %s" % _first_line(exc))
+        if code is None:
+            return None
+        return self._finish("harness %s" % describe_returncode(code))
+
+    def _finish(self, description: str) -> str:
+        with self._lock:
+            if self._final is None:
+                self._final = "%s (worker %s on node %s)" % (
+                    description, self.worker_id, self.node_ip)
+                _LOG.info("RayWorkerProcess: %s", self._final)
+            final = self._final
+        self._release()
+        return final
+
+    def is_alive(self) -> bool:
+        return self._status() is None
+
+    def exit_description(self) -> str:
+        return self._status() or "running"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        import ray.exceptions as rex
+
+        description = "stopped"
+        try:
+            code = self._call("stop", timeout, timeout=timeout + self._placement.call_timeout)
+            description = "stopped, harness %s" % describe_returncode(code)
+        except (rex.RayActorError, rex.GetTimeoutError) as exc:
+            description = "stopped (actor did not answer: %s)" % _first_line(exc)
+        self._finish(description)
+
+    def kill(self) -> None:
+        import ray.exceptions as rex
+
+        description = "killed"
+        try:
+            code = self._call("kill", timeout=self._placement.call_timeout)
+            description = "killed, harness %s" % describe_returncode(code)
+        except (rex.RayActorError, rex.GetTimeoutError) as exc:
+            description = "killed (actor did not answer: %s)" % _first_line(exc)
+        self._finish(description)
+
+    def _release(self) -> None:
+        """Kill the actor and free its placement group (idempotent)."""
+        self._placement._release(self)
+
+    def __repr__(self) -> str:
+        return "RayWorkerProcess(%s, node=%s, gpus=%s, pid=%d)" % (
+            self.worker_id, self.node_ip, list(self.gpu_ids), self.harness_pid)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class RayPlacement:
+    """Workers as Ray actors; Ray assigns their GPUs (implements ``Placement``).
+
+    ``address``: as ``ray.init(address=...)`` ("auto", "HOST:PORT", "ray://...";
+    None starts a local Ray, or joins ``RAY_ADDRESS``). When Ray is already
+    initialised in this process it is used as is and left running by ``close``.
+    """
+
+    name = "ray"
+    assigns_devices = True
+
+    def __init__(
+        self,
+        address: Optional[str] = None,
+        *,
+        start_timeout: float = 60.0,
+        call_timeout: float = 10.0,
+        default_num_cpus: float = 1.0,
+        fail_fast_infeasible: bool = True,
+        accelerator_types: Optional[Mapping[str, str]] = None,
+        runtime_env: Optional[Mapping[str, Any]] = None,
+        init_kwargs: Optional[Mapping[str, Any]] = None,
+        harness_command: Optional[Sequence[str]] = None,
+    ) -> None:
+        if start_timeout <= 0:
+            raise ValueError("RayPlacement: start_timeout must be > 0, got %r"
+                             % start_timeout)
+        self.address = address
+        self.start_timeout = start_timeout
+        self.call_timeout = call_timeout
+        self.default_num_cpus = default_num_cpus
+        self.fail_fast_infeasible = fail_fast_infeasible
+        self.accelerator_types = dict(accelerator_types or {})
+        self.runtime_env = dict(runtime_env) if runtime_env else None
+        self.init_kwargs = dict(init_kwargs or {})
+        self.harness_command = tuple(harness_command) if harness_command else None
+        self._lock = threading.RLock()
+        self._connected = False
+        self._owns_ray = False
+        self._closed = False
+        self._actor_class: Any = None
+        self._workers: dict[int, RayWorkerProcess] = {}   # id(handle) -> handle
+
+    # -- connection -------------------------------------------------------
+
+    def _ensure_connected(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise RayPlacementError("RayPlacement: used after close()")
+            if self._connected:
+                return
+            try:
+                import ray
+            except ImportError as exc:
+                raise RayPlacementError(
+                    "RayPlacement: --placement=ray needs Ray; install the extra: "
+                    "pip install 'beam-gpu-runner[ray]' (%s)" % exc) from exc
+            if ray.is_initialized():
+                _LOG.info("RayPlacement: using the Ray connection this process already has")
+            else:
+                started = time.monotonic()
+                ray.init(address=self.address, **self.init_kwargs)
+                self._owns_ray = True
+                _LOG.info("RayPlacement: ray.init(address=%s) took %.1fs; cluster has %s",
+                          self.address, time.monotonic() - started,
+                          _format_resources(ray.cluster_resources()))
+            self._actor_class = ray.remote(max_restarts=0, max_task_retries=0)(HarnessActor)
+            self._connected = True
+
+    def advertise_host(self) -> str:
+        """The driver's node IP (never "localhost"): workers may be on other nodes."""
+        self._ensure_connected()
+        import ray.util
+
+        return str(ray.util.get_node_ip_address())
+
+    # -- workers ----------------------------------------------------------
+
+    def start_worker(self, launch: WorkerLaunch) -> RayWorkerProcess:
+        self._ensure_connected()
+        import ray
+        import ray.exceptions as rex
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        request = RayRequest.of(launch.requirements, self.default_num_cpus,
+                                self.accelerator_types)
+        if self.fail_fast_infeasible:
+            self._check_feasible(launch, request)
+        deadline = time.monotonic() + self.start_timeout
+        started_at = time.monotonic()
+        pg: Any = None
+        actor: Any = None
+        try:
+            options: dict[str, Any] = {
+                "num_cpus": request.num_cpus,
+                "num_gpus": request.num_gpus,
+            }
+            if request.memory:
+                options["memory"] = request.memory
+            if self.runtime_env:
+                options["runtime_env"] = self.runtime_env
+            if request.uses_placement_group:
+                pg = placement_group([request.resources()], strategy="STRICT_PACK",
+                                     name="beam-gpu-runner:%s" % launch.worker_id)
+                try:
+                    ray.get(pg.ready(), timeout=max(0.0, deadline - time.monotonic()))
+                except rex.GetTimeoutError:
+                    raise self._error(launch, request, "its placement group was not "
+                                      "ready within %gs" % self.start_timeout) from None
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=0)
+            elif request.accelerator_type:
+                options["accelerator_type"] = request.accelerator_type
+            actor = self._actor_class.options(**options).remote(launch.worker_id)
+            spec = HarnessSpec(
+                worker_id=launch.worker_id,
+                control_descriptor=_descriptor(launch.control_address),
+                logging_descriptor=_descriptor(launch.logging_address),
+                pipeline_options_json=launch.pipeline_options_json,
+                gpu_count=request.num_gpus,
+                env=dict(launch.env),
+                command=self.harness_command)
+            try:
+                started: HarnessStarted = ray.get(
+                    actor.start.remote(spec),
+                    timeout=max(0.0, deadline - time.monotonic()))
+            except rex.GetTimeoutError:
+                raise self._error(launch, request, "its actor did not start within %gs"
+                                  % self.start_timeout) from None
+            except rex.RayActorError as exc:
+                raise self._error(launch, request, "its actor died while starting: %s"
+                                  % _first_line(exc)) from exc
+            except rex.RayTaskError as exc:
+                raise self._error(launch, request, "its actor failed to start the "
+                                  "harness: %s" % _first_line(exc)) from exc
+        except BaseException:
+            if actor is not None:
+                _kill_quietly(actor)
+            if pg is not None:
+                try:
+                    remove_placement_group(pg)
+                except Exception:  # noqa: BLE001
+                    _LOG.debug("RayPlacement: removing placement group failed",
+                               exc_info=True)
+            raise
+        handle = RayWorkerProcess(self, launch, request, actor, pg, started)
+        with self._lock:
+            self._workers[id(handle)] = handle
+            closed = self._closed
+        if closed:   # close() ran while we were starting
+            handle.kill()
+            raise RayPlacementError("RayPlacement.start_worker: worker %s started after "
+                                    "close()" % launch.worker_id, launch.worker_id)
+        _LOG.info("RayPlacement: worker %s (%s) started in %.1fs on node %s, GPUs %s, "
+                  "harness pid %d", launch.worker_id, request.describe(),
+                  time.monotonic() - started_at, started.node_ip,
+                  list(started.gpu_ids), started.harness_pid)
+        return handle
+
+    def _check_feasible(self, launch: WorkerLaunch, request: RayRequest) -> None:
+        """Fail now when no alive node could ever hold the request."""
+        import ray
+
+        wanted = request.resources()
+        for node in ray.nodes():
+            if not node.get("Alive", node.get("alive", False)):
+                continue
+            have = node.get("Resources", {})
+            if all(have.get(key, 0.0) + 1e-9 >= amount for key, amount in wanted.items()):
+                return
+        raise self._error(launch, request, "no node of the cluster can ever satisfy it "
+                          "(needs %s on one node; per node: %s)" % (
+                              _format_resources(wanted), self._nodes_summary()))
+
+    def _nodes_summary(self) -> str:
+        import ray
+
+        parts = []
+        for node in ray.nodes():
+            if node.get("Alive", node.get("alive", False)):
+                parts.append("%s {%s}" % (node.get("NodeManagerAddress", "?"),
+                                          _format_resources(node.get("Resources", {}))))
+        return "; ".join(parts) or "no alive nodes"
+
+    def _error(self, launch: WorkerLaunch, request: RayRequest,
+               why: str) -> RayPlacementError:
+        import ray
+
+        try:
+            total = _format_resources(ray.cluster_resources())
+            free = _format_resources(ray.available_resources())
+            accelerators = sorted(
+                key[len(_ACCELERATOR_PREFIX):] for key in ray.cluster_resources()
+                if key.startswith(_ACCELERATOR_PREFIX))
+        except Exception as exc:  # noqa: BLE001 - the error must still be raised
+            total = free = "unknown (%s)" % exc
+            accelerators = []
+        return RayPlacementError(
+            "RayPlacement.start_worker: cannot place worker %s with requirements %s "
+            "(asked Ray for %s): %s. Cluster has %s; available now %s; accelerator "
+            "types %s" % (launch.worker_id, launch.requirements.describe(),
+                          request.describe(), why, total, free,
+                          accelerators or "none labelled"),
+            launch.worker_id)
+
+    def workers(self) -> list[RayWorkerProcess]:
+        """Workers started here and not yet known to have ended."""
+        with self._lock:
+            return list(self._workers.values())
+
+    def _release(self, handle: RayWorkerProcess) -> None:
+        with self._lock:
+            self._workers.pop(id(handle), None)
+        _kill_quietly(handle._actor)
+        if handle._placement_group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            try:
+                remove_placement_group(handle._placement_group)
+            except Exception:  # noqa: BLE001
+                _LOG.debug("RayPlacement: removing placement group of %s failed",
+                           handle.worker_id, exc_info=True)
+            handle._placement_group = None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every worker (SIGTERM, SIGKILL after ``timeout``), kill their
+        actors and placement groups; ``ray.shutdown()`` if ``ray.init`` was ours."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            handles = list(self._workers.values())
+            connected = self._connected
+        if not connected:
+            return
+        import ray
+
+        if handles:
+            refs = [h._actor.stop.remote(timeout) for h in handles]
+            ray.wait(refs, num_returns=len(refs), timeout=timeout + self.call_timeout)
+            for handle in handles:
+                handle._finish("stopped by close()")
+        if self._owns_ray:
+            ray.shutdown()
+            _LOG.info("RayPlacement: ray.shutdown() done")
+
+    def __enter__(self) -> "RayPlacement":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _kill_quietly(actor: Any) -> None:
+    import ray
+
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - already dead, or Ray gone
+        _LOG.debug("RayPlacement: ray.kill failed", exc_info=True)
+
+
+def _format_resources(resources: Mapping[str, float]) -> str:
+    shown = []
+    for key in sorted(resources):
+        if (key.startswith("node:") or key.endswith("object_store_memory")
+                or "_group_" in key):   # placement group bookkeeping resources
+            continue
+        value = resources[key]
+        if key == "memory":
+            shown.append("memory=%.1fGiB" % (value / 2**30))
+        else:
+            shown.append("%s=%g" % (key, value))
+    return ", ".join(shown) or "nothing"

@@ -1,0 +1,222 @@
+"""The Ray actor that hosts one Beam SDK harness (the inside half of RayPlacement).
+
+This module runs inside a Ray worker process. It must stay importable without
+Ray (Ray is imported inside the methods that need it) and must not import the
+driver side (``placement/ray.py``): the actor class is shipped to Ray by
+reference, so every node needs ``beam_gpu_runner`` installed.
+
+The actor reads the GPU ids Ray assigned to it (``ray.get_gpu_ids()``; Ray's ids
+are the node's physical indexes), describes them as ``ResourceInfo`` (name and
+UUID from NVML when the node has it, ``ray-gpu-<id>`` otherwise), and starts
+``python -m apache_beam.runners.worker.sdk_worker_main`` as its child with that
+resource environment. The harness is tied to the actor: it gets SIGKILL when
+the actor process dies (Linux ``PR_SET_PDEATHSIG``), so a killed actor leaves
+no orphan harness behind.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+from beam_gpu_runner.resources.api import ResourceInfo
+from beam_gpu_runner.resources.runtime_context import RuntimeContext
+
+_LOG = logging.getLogger(__name__)
+
+HARNESS_MODULE = "apache_beam.runners.worker.sdk_worker_main"
+
+# Runs the harness after asking the kernel to SIGKILL it when its parent (the
+# actor process) dies. No preexec_fn: the Ray worker is multi-threaded.
+# The getppid check closes the race where the parent died before prctl ran.
+# PDEATHSIG survives exec, so the harness shows up in ps as the usual
+# ``python -m apache_beam.runners.worker.sdk_worker_main``.
+_LAUNCHER = (
+    "import ctypes, os, sys\n"
+    "parent = int(sys.argv[1])\n"
+    "try:\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "if os.getppid() != parent:\n"
+    "    sys.exit(70)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+@dataclass(frozen=True)
+class HarnessSpec:
+    """What the actor needs to start one SDK harness (built by the driver)."""
+
+    worker_id: str
+    control_descriptor: str        # text-format ApiServiceDescriptor
+    logging_descriptor: str        # text-format ApiServiceDescriptor
+    pipeline_options_json: str
+    gpu_count: float = 0.0
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: argv to run instead of ``python -m sdk_worker_main`` (tests, wrappers);
+    #: argv[0] must be an executable path.
+    command: Optional[Sequence[str]] = None
+
+
+@dataclass(frozen=True)
+class HarnessStarted:
+    """What the actor reports back once the harness process exists."""
+
+    worker_id: str
+    node_id: str
+    node_ip: str
+    actor_pid: int
+    harness_pid: int
+    gpu_ids: tuple[str, ...]
+    resource_env: Mapping[str, str]
+
+
+def describe_returncode(returncode: Optional[int]) -> str:
+    """"running", "exit code 1", "killed by signal 9 (SIGKILL)"."""
+    if returncode is None:
+        return "running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return "killed by signal %d (%s)" % (-returncode, name)
+    return "exit code %d" % returncode
+
+
+def _nvml_lookup(gpu_id: str) -> Optional[tuple[str, str, str]]:
+    """(index, uuid, name) of a GPU from NVML, or None without NVML or device."""
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pynvml  # type: ignore[import-untyped]
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - any NVML failure means "no NVML here"
+        return None
+    try:
+        if gpu_id.isdigit():
+            handle = pynvml.nvmlDeviceGetHandleByIndex(int(gpu_id))
+        else:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(gpu_id.encode())
+        index = str(pynvml.nvmlDeviceGetIndex(handle))
+        uuid = pynvml.nvmlDeviceGetUUID(handle)
+        name = pynvml.nvmlDeviceGetName(handle)
+        return (index,
+                uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+                name.decode() if isinstance(name, bytes) else str(name))
+    except Exception as exc:  # noqa: BLE001
+        _LOG.warning("ray_actor: NVML has no GPU %s (%s); using a placeholder name",
+                     gpu_id, exc)
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def gpu_infos(gpu_ids: Sequence[str]) -> tuple[ResourceInfo, ...]:
+    """ResourceInfo for each Ray-assigned GPU id (physical index or UUID)."""
+    infos = []
+    for gpu_id in gpu_ids:
+        found = _nvml_lookup(gpu_id)
+        if found is not None:
+            index, uuid, name = found
+        elif gpu_id.isdigit():
+            index, uuid, name = gpu_id, "ray-gpu-%s" % gpu_id, "ray-gpu-%s" % gpu_id
+        else:
+            raise RuntimeError(
+                "ray_actor: Ray assigned GPU id %r, which is not a physical index, "
+                "and NVML cannot resolve it to one; start the Ray node with "
+                "CUDA_VISIBLE_DEVICES set to indexes" % gpu_id)
+        infos.append(ResourceInfo.of(index=index, uuid=uuid, name=name))
+    return tuple(infos)
+
+
+def harness_env(spec: HarnessSpec, resource_env: Mapping[str, str],
+                base: Mapping[str, str]) -> dict[str, str]:
+    """The harness environment: base < launch env < resources < Fn API keys."""
+    env = dict(base)
+    env.update(spec.env)
+    env.update(resource_env)
+    env["CONTROL_API_SERVICE_DESCRIPTOR"] = spec.control_descriptor
+    env["LOGGING_API_SERVICE_DESCRIPTOR"] = spec.logging_descriptor
+    env["PIPELINE_OPTIONS"] = spec.pipeline_options_json
+    env["WORKER_ID"] = spec.worker_id
+    return env
+
+
+class HarnessActor:
+    """Ray actor body: owns one SDK harness subprocess.
+
+    Wrapped with ``ray.remote`` by ``RayPlacement``; plain class here so that it
+    can be unit-tested without Ray.
+    """
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        self._proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self, spec: HarnessSpec) -> HarnessStarted:
+        if self._proc is not None:
+            raise RuntimeError("ray_actor.start: worker %s already started (pid %d)"
+                               % (self.worker_id, self._proc.pid))
+        import ray
+
+        gpu_ids = tuple(str(g) for g in ray.get_gpu_ids()) if spec.gpu_count > 0 else ()
+        context = RuntimeContext(
+            self.worker_id, {"gpu": gpu_infos(gpu_ids)} if gpu_ids else {})
+        resource_env = context.to_env()
+        if not gpu_ids:
+            # A CPU-only worker must not see (and grab) GPUs Ray gave to others.
+            resource_env["CUDA_VISIBLE_DEVICES"] = ""
+        env = harness_env(spec, resource_env, os.environ)
+        argv = list(spec.command) if spec.command else [
+            sys.executable, "-m", HARNESS_MODULE]
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(os.getpid())] + argv,
+            env=env, stdin=subprocess.DEVNULL)
+        _LOG.info("ray_actor: worker %s started harness pid %d with GPUs %s",
+                  self.worker_id, self._proc.pid, list(gpu_ids))
+        runtime = ray.get_runtime_context()
+        return HarnessStarted(
+            worker_id=self.worker_id,
+            node_id=runtime.get_node_id(),
+            node_ip=ray.util.get_node_ip_address(),
+            actor_pid=os.getpid(),
+            harness_pid=self._proc.pid,
+            gpu_ids=gpu_ids,
+            resource_env=resource_env)
+
+    def poll(self) -> Optional[int]:
+        """The harness's return code, None while it runs (or before start)."""
+        return None if self._proc is None else self._proc.poll()
+
+    def stop(self, timeout: float = 5.0) -> Optional[int]:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the return code."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        proc.terminate()
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _LOG.warning("ray_actor: worker %s harness pid %d ignored SIGTERM for "
+                         "%.1fs; killing it", self.worker_id, proc.pid, timeout)
+            proc.kill()
+            return proc.wait()
+
+    def kill(self) -> Optional[int]:
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.kill()
+        return proc.wait()

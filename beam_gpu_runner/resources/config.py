@@ -141,6 +141,12 @@ class ExternalResourceConfig:
         return out
 
 
+def load_config(path: Optional[str] = None,
+                overrides: Sequence[str] = ()) -> ExternalResourceConfig:
+    """``ExternalResourceConfig.load``: default, YAML file, then key=value overrides."""
+    return ExternalResourceConfig.load(path, overrides)
+
+
 def _parse_names(raw: Any, source: str) -> tuple[str, ...]:
     if raw is None:
         return ()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, WorkerOptions
 
 
 def _positive_int(text: str) -> int:
@@ -29,13 +29,15 @@ def _positive_float(text: str) -> float:
 
 
 class GpuRunnerOptions(PipelineOptions):
+    """GpuRunner's own flags.
+
+    The worker count is Beam's standard ``--num_workers`` (WorkerOptions);
+    GpuRunner reads it through :func:`num_workers` (default: CPU count).
+    """
+
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("GpuRunner")
-        group.add_argument(
-            "--num_workers", type=_positive_int, default=None,
-            help="Worker processes per pool (default: CPU count, %d here)."
-            % (os.cpu_count() or 1))
         group.add_argument(
             "--external_resources_config", default=None,
             help="YAML file with Flink-style external-resource keys.")
@@ -59,3 +61,11 @@ class GpuRunnerOptions(PipelineOptions):
             "--lease_dir", default=None,
             help="Folder for the host-wide GPU lease file "
                  "(default: $BEAM_GPU_RUNNER_LEASE_DIR or the temp folder).")
+
+
+def num_workers(options: PipelineOptions) -> int:
+    """Workers per pool: ``--num_workers`` if given, else the CPU count."""
+    value = options.view_as(WorkerOptions).num_workers
+    if value is not None and value < 1:
+        raise ValueError("--num_workers must be >= 1, got %r" % value)
+    return value or os.cpu_count() or 1

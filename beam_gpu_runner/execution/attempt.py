@@ -1,0 +1,78 @@
+"""Run one attempt of one bundle of one stage on one worker over the Fn API.
+
+Beam's ``BundleManager`` does the Fn API conversation (register, send data
+and timers, collect outputs, splits, finalization). We give it a per-attempt
+view of the stage's ``BundleContextManager`` so that:
+
+* the bundle runs on the worker we chose (not Beam's round robin), and
+* its outputs and timers land in buffers private to this attempt, so a failed
+  attempt leaves nothing behind and a retry produces each output once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Optional
+
+from apache_beam.portability.api import beam_fn_api_pb2
+from apache_beam.runners.portability.fn_api_runner import execution as beam_exec
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.runners.portability.fn_api_runner import translations
+from apache_beam.runners.portability.fn_api_runner import worker_handlers as beam_wh
+
+TimerKey = tuple[str, str]   # (transform id, timer family id)
+
+
+class _AttemptView:
+    """A BundleContextManager that routes one attempt's worker and buffers."""
+
+    def __init__(self, real: beam_exec.BundleContextManager,
+                 worker: beam_wh.WorkerHandler) -> None:
+        self._real = real
+        self.worker_handlers = [worker]
+        self.outputs: dict[bytes, beam_exec.ListBuffer] = {}
+        self.timer_outputs: dict[bytes, beam_exec.ListBuffer] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def get_buffer(self, buffer_id: bytes, transform_id: str) -> beam_exec.ListBuffer:
+        kind, name = translations.split_buffer_id(buffer_id)
+        if kind == "timers":
+            if buffer_id not in self.timer_outputs:
+                self.timer_outputs[buffer_id] = beam_exec.ListBuffer(
+                    self._real.get_timer_coder_impl(transform_id, name))
+            return self.timer_outputs[buffer_id]
+        if buffer_id not in self.outputs:
+            self.outputs[buffer_id] = beam_exec.ListBuffer(
+                self._real.get_input_coder_impl(transform_id))
+        return self.outputs[buffer_id]
+
+
+@dataclass
+class AttemptResult:
+    response: beam_fn_api_pb2.InstructionResponse
+    splits: list[beam_fn_api_pb2.ProcessBundleSplitResponse]
+    #: data-output buffer id -> what this attempt wrote
+    outputs: Mapping[bytes, beam_exec.ListBuffer]
+    #: timer buffer id -> timers this attempt wrote
+    timer_outputs: Mapping[bytes, beam_exec.ListBuffer]
+    view: Any = field(repr=False, default=None)
+
+
+def run_attempt(
+    stage_context: beam_exec.BundleContextManager,
+    worker: beam_wh.WorkerHandler,
+    inputs: Mapping[str, beam_exec.PartitionableBuffer],
+    fired_timers: Mapping[TimerKey, beam_exec.PartitionableBuffer],
+    cache_tokens: Iterator[beam_fn_api_pb2.ProcessBundleRequest.CacheToken],
+    progress_frequency: Optional[float] = None,
+) -> AttemptResult:
+    view = _AttemptView(stage_context, worker)
+    manager = fn_runner.BundleManager(
+        view,  # type: ignore[arg-type]
+        progress_frequency,
+        cache_token_generator=cache_tokens)
+    response, splits = manager.process_bundle(
+        inputs, stage_context.stage_data_outputs, fired_timers,
+        stage_context.stage_timer_outputs)
+    return AttemptResult(response, list(splits), view.outputs, view.timer_outputs, view)

@@ -1,0 +1,324 @@
+"""One job: Beam's fused stages, run by the element manager on worker pools.
+
+The driver thread owns the engine and Beam's execution context; bundles run
+on pool threads, each on its own worker, and report back through a queue.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+from apache_beam.metrics.monitoring_infos import consolidate
+from apache_beam.runners.portability.fn_api_runner import execution as beam_exec
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.runners.portability.fn_api_runner import translations
+from apache_beam.runners.portability.fn_api_runner import worker_handlers as beam_wh
+from apache_beam.runners.runner import PipelineState
+
+from beam_gpu_runner.engine.element_manager import ElementManager
+from beam_gpu_runner.engine.events import (
+    Bundle, BundleFailed, Event, Instruction, JobFailed, JobFinished, RunBundle, Tick)
+from beam_gpu_runner.engine.graph import InputKind, StageGraph
+from beam_gpu_runner.execution.attempt import AttemptResult, run_attempt
+from beam_gpu_runner.execution.errors import JobCancelledError, JobFailedError
+from beam_gpu_runner.execution.results import ResultCollector
+from beam_gpu_runner.preprocess.stage_graph import (
+    IMPULSE, build_stage_graph, split_timer_family_key)
+from beam_gpu_runner.workers.errors import WorkerLostError
+from beam_gpu_runner.workers.pool import PoolKey, WorkerFactory, WorkerPool
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What the runner decided before execution: stages, pools, sizes."""
+
+    stage_context: translations.TransformContext
+    stages: list[translations.Stage]
+    pool_of_stage: Mapping[str, PoolKey]
+    pool_sizes: Mapping[PoolKey, int]
+
+
+@dataclass
+class _Outcome:
+    bundle: Bundle
+    result: Optional[AttemptResult] = None
+    inputs: Mapping[str, beam_exec.PartitionableBuffer] = field(default_factory=dict)
+    error: Optional[BaseException] = None
+    lost: bool = False
+
+
+_CANCEL = object()
+
+
+class Job:
+    """Runs a plan to completion on a driver thread; see the module docstring."""
+
+    def __init__(
+        self,
+        plan: JobPlan,
+        registry: Any,
+        factory: WorkerFactory,
+        max_attempts: int,
+        num_workers: int,
+        on_state: Optional[Callable[[str], None]] = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._plan = plan
+        self._registry = registry
+        self._factory = factory
+        self._max_attempts = max_attempts
+        self._num_workers = num_workers
+        self._on_state = on_state
+        self._clock = clock
+        self._events: "queue.Queue[Any]" = queue.Queue()
+        self._cancelled = threading.Event()
+        self._pools: dict[PoolKey, WorkerPool] = {}
+        self._monitoring: dict[str, list] = {}
+        self._lock = threading.Lock()
+        self.state = PipelineState.STOPPED
+        self.error: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = None
+        self._done = threading.Event()
+
+    # ---- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        self._set_state(PipelineState.STARTING)
+        self._thread = threading.Thread(target=self._main, name="gpu-runner-job",
+                                        daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self._done.wait(timeout)
+
+    def cancel(self) -> None:
+        if self._done.is_set():
+            return
+        self._set_state(PipelineState.CANCELLING)
+        self._cancelled.set()
+        self._events.put(_CANCEL)
+
+    def monitoring_infos_by_stage(self) -> dict[str, list]:
+        with self._lock:
+            return {k: list(v) for k, v in self._monitoring.items()}
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        if self._on_state is not None:
+            try:
+                self._on_state(state)
+            except Exception:
+                _LOG.warning("on_state callback failed for %s", state, exc_info=True)
+
+    def _main(self) -> None:
+        try:
+            self._run()
+            self._set_state(PipelineState.DONE)
+        except JobCancelledError as exc:
+            self.error = exc
+            self._set_state(PipelineState.CANCELLED)
+        except BaseException as exc:  # the job's error is reported, not raised here
+            self.error = exc
+            _LOG.error("Job failed: %s", exc)
+            self._set_state(PipelineState.FAILED)
+        finally:
+            self._done.set()
+
+    # ---- the driver loop ----------------------------------------------------
+
+    def _run(self) -> None:
+        plan = self._plan
+        graph = build_stage_graph(plan.stages)
+        context = beam_exec.FnApiRunnerExecutionContext(
+            plan.stages, self._registry, plan.stage_context.components,
+            plan.stage_context.safe_coders, plan.stage_context.data_channel_coders,
+            self._num_workers)
+        try:
+            context.setup()   # rewrites data-channel payloads to our endpoints
+            initial = self._initial_inputs(context)
+            stage_contexts = {s.name: context.bundle_manager_for(s) for s in plan.stages}
+            for bcm in stage_contexts.values():
+                self._registry.register_process_bundle_descriptor(
+                    bcm.process_bundle_descriptor)
+            for key, size in plan.pool_sizes.items():
+                self._pools[key] = WorkerPool(key, size, self._factory)
+            collector = ResultCollector(context, self._split_parts(graph))
+            engine = ElementManager(graph, self._clock, self._max_attempts)
+            for stage_name, inputs in initial:
+                engine.add_initial(stage_name, inputs)
+            self._set_state(PipelineState.RUNNING)
+            self._loop(engine, graph, context, stage_contexts, collector)
+        finally:
+            self._close()
+
+    def _loop(self, engine: ElementManager, graph: StageGraph,
+              context: beam_exec.FnApiRunnerExecutionContext,
+              stage_contexts: Mapping[str, beam_exec.BundleContextManager],
+              collector: ResultCollector) -> None:
+        tokens = fn_runner.FnApiRunner.get_cache_token_generator(static=False)
+        instructions: Iterable[Instruction] = engine.start()
+        while True:
+            for instruction in instructions:
+                if isinstance(instruction, RunBundle):
+                    self._dispatch(instruction.bundle, graph, stage_contexts, tokens)
+                elif isinstance(instruction, JobFinished):
+                    return
+                elif isinstance(instruction, JobFailed):
+                    raise JobFailedError(instruction.error) from instruction.cause
+            wake = engine.next_wakeup()
+            timeout = None if wake is None else max(0.0, wake - self._clock())
+            try:
+                item = self._events.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is _CANCEL or self._cancelled.is_set():
+                raise JobCancelledError("the job was cancelled")
+            event: Event = Tick() if item is None else self._to_event(
+                item, stage_contexts, collector)
+            instructions = engine.handle(event)
+
+    def _to_event(self, outcome: _Outcome,
+                  stage_contexts: Mapping[str, beam_exec.BundleContextManager],
+                  collector: ResultCollector) -> Event:
+        bundle = outcome.bundle
+        if outcome.error is not None:
+            if outcome.lost:
+                return BundleFailed(bundle.id, str(outcome.error), retriable=True,
+                                    cause=outcome.error)
+            message = "Stage %r failed in bundle %s (attempt %d): %s" % (
+                bundle.stage, bundle.id, bundle.attempt, outcome.error)
+            return BundleFailed(bundle.id, message, retriable=False, cause=outcome.error)
+        assert outcome.result is not None
+        with self._lock:
+            previous = self._monitoring.get(bundle.stage, [])
+            self._monitoring[bundle.stage] = list(consolidate(itertools.chain(
+                outcome.result.response.process_bundle.monitoring_infos, previous)))
+        return collector.to_event(bundle.id, stage_contexts[bundle.stage],
+                                  outcome.result, outcome.inputs)
+
+    # ---- dispatch -----------------------------------------------------------
+
+    def _dispatch(self, bundle: Bundle, graph: StageGraph,
+                  stage_contexts: Mapping[str, beam_exec.BundleContextManager],
+                  tokens: Any) -> None:
+        bcm = stage_contexts[bundle.stage]
+        inputs = self._build_inputs(bundle, graph, bcm)
+        timers = self._build_timers(bundle, bcm)
+        pool = self._pools[self._plan.pool_of_stage[bundle.stage]]
+        _LOG.debug("Dispatching %s (attempt %d) to pool %s", bundle.id, bundle.attempt,
+                   pool.key.describe())
+
+        def attempt(worker: beam_wh.WorkerHandler) -> _Outcome:
+            try:
+                result = run_attempt(bcm, worker, inputs, timers, tokens)
+                return _Outcome(bundle, result=result, inputs=inputs)
+            except BaseException as exc:  # classified on the driver thread
+                return _Outcome(bundle, inputs=inputs, error=exc,
+                                lost=_worker_lost(worker, exc))
+
+        future = pool.submit(attempt)
+
+        def report(f: Any) -> None:
+            try:
+                self._events.put(f.result())
+            except BaseException as exc:  # could not even get a worker
+                self._events.put(_Outcome(bundle, error=exc, lost=False))
+
+        future.add_done_callback(report)
+
+    def _build_inputs(self, bundle: Bundle, graph: StageGraph,
+                      bcm: beam_exec.BundleContextManager
+                      ) -> dict[str, beam_exec.PartitionableBuffer]:
+        spec = graph.stage(bundle.stage)
+        inputs: dict[str, beam_exec.PartitionableBuffer] = {}
+        for input_spec in spec.inputs:
+            transform = input_spec.transform
+            payloads = bundle.inputs.get(transform, ())
+            if input_spec.buffer.startswith("group:") and input_spec.kind is not InputKind.IMPULSE:
+                buffer_id = input_spec.buffer.encode("utf-8")
+                grouping = bcm.get_buffer(buffer_id, transform)
+                # get_buffer caches it in the shared context; this one is ours.
+                bcm.execution_context.pcoll_buffers.pop(buffer_id, None)
+                for payload in payloads:
+                    if isinstance(payload, beam_exec.ListBuffer):
+                        for chunk in payload:
+                            grouping.append(chunk)
+                    else:   # a residual of the grouped input itself
+                        grouping.extend(payload)
+                inputs[transform] = grouping
+            else:
+                merged = beam_exec.ListBuffer(
+                    None if input_spec.buffer == IMPULSE else bcm.get_input_coder_impl(transform))
+                for payload in payloads:
+                    for chunk in payload:
+                        merged.append(chunk)
+                inputs[transform] = merged
+        return inputs
+
+    def _build_timers(self, bundle: Bundle, bcm: beam_exec.BundleContextManager
+                      ) -> dict[tuple[str, str], beam_exec.PartitionableBuffer]:
+        timers: dict[tuple[str, str], beam_exec.PartitionableBuffer] = {}
+        for family_key, payloads in bundle.timers.items():
+            transform_id, family = split_timer_family_key(family_key)
+            merged = beam_exec.ListBuffer(bcm.get_timer_coder_impl(transform_id, family))
+            for payload in payloads:
+                for chunk in payload:
+                    merged.append(chunk)
+            timers[(transform_id, family)] = merged
+        return timers
+
+    def _split_parts(self, graph: StageGraph) -> dict[str, int]:
+        """Cut stream outputs into as many pieces as the consumer pool has workers."""
+        parts: dict[str, int] = {}
+        for stage in graph.stages:
+            size = self._plan.pool_sizes.get(self._plan.pool_of_stage[stage.name], 1)
+            for input_spec in stage.inputs:
+                if input_spec.kind is InputKind.STREAM and not stage.stateful:
+                    parts[input_spec.buffer] = max(parts.get(input_spec.buffer, 1), size)
+        return parts
+
+    @staticmethod
+    def _initial_inputs(context: beam_exec.FnApiRunnerExecutionContext
+                        ) -> list[tuple[str, dict[str, tuple[Any, ...]]]]:
+        """The impulses Beam's context.setup() queued, taken over by our engine."""
+        initial = []
+        queues = context.queues
+        while len(queues.ready_inputs):
+            stage_name, data_input = queues.ready_inputs.deque()
+            initial.append((stage_name, {k: (v,) for k, v in data_input.data.items()}))
+        while len(queues.watermark_pending_inputs):
+            (stage_name, _), data_input = queues.watermark_pending_inputs.deque()
+            initial.append((stage_name, {k: (v,) for k, v in data_input.data.items()}))
+        return initial
+
+    def _close(self) -> None:
+        pools = list(self._pools.values())
+        threads = [threading.Thread(target=p.close, daemon=True) for p in pools]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self._registry.close()
+
+
+def _worker_lost(worker: beam_wh.WorkerHandler, exc: BaseException) -> bool:
+    if isinstance(exc, WorkerLostError) or getattr(worker, "lost", None):
+        return True
+    process = getattr(worker, "process", None)
+    if process is None:
+        return False
+    # The data channel may break a moment before the watcher sees the exit.
+    wait = getattr(process, "wait", None)
+    if wait is not None:
+        wait(1.0)
+    return not process.is_alive()
+
+
+__all__ = ["Job", "JobPlan"]

@@ -1,0 +1,60 @@
+"""GpuRunner's PipelineResult."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Optional
+
+from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiMetrics
+from apache_beam.runners.runner import PipelineResult, PipelineState
+
+from beam_gpu_runner.execution.job import Job
+
+_LOG = logging.getLogger(__name__)
+
+
+class GpuPipelineResult(PipelineResult):
+    def __init__(self, job: Job, on_finish: Optional[Callable[[], None]] = None) -> None:
+        super().__init__(PipelineState.STARTING)
+        self._job = job
+        self._on_finish = on_finish
+        self._finished = False
+
+    @property
+    def state(self) -> str:
+        return self._job.state
+
+    @property
+    def error(self) -> Optional[BaseException]:
+        return self._job.error
+
+    def wait_until_finish(self, duration: Optional[int] = None) -> str:
+        """Wait (``duration`` in milliseconds, as in Beam); raise if it failed."""
+        done = self._job.wait(None if duration is None else duration / 1000.0)
+        if not done:
+            return self.state
+        self._finish()
+        if self.state == PipelineState.FAILED and self._job.error is not None:
+            raise self._job.error
+        return self.state
+
+    def cancel(self) -> str:
+        self._job.cancel()
+        self._job.wait()
+        self._finish()
+        return self.state
+
+    def _finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            if self._on_finish is not None:
+                self._on_finish()
+
+    def metrics(self) -> FnApiMetrics:
+        return FnApiMetrics(self._job.monitoring_infos_by_stage(), user_metrics_only=True)
+
+    def monitoring_metrics(self) -> FnApiMetrics:
+        return FnApiMetrics(self._job.monitoring_infos_by_stage(), user_metrics_only=False)
+
+    def monitoring_infos(self) -> list[Any]:
+        return [info for infos in self._job.monitoring_infos_by_stage().values()
+                for info in infos]

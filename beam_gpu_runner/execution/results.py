@@ -1,0 +1,154 @@
+"""Turn one finished attempt into the engine's BundleSucceeded event.
+
+Everything here runs on the driver thread: it owns the execution context's
+shared structures (side-input state commits, grouping buffers).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Mapping, Optional
+
+from apache_beam.runners.portability.fn_api_runner import execution as beam_exec
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.coders.coder_impl import create_OutputStream
+
+from beam_gpu_runner.engine.events import BundleSucceeded, Payload, TimerBatch
+from beam_gpu_runner.engine.timestamps import MIN_TIMESTAMP, Micros
+from beam_gpu_runner.execution.attempt import AttemptResult
+from beam_gpu_runner.preprocess.stage_graph import buffer_name, timer_family_key
+
+_LOG = logging.getLogger(__name__)
+
+
+def has_data(buffer: beam_exec.ListBuffer) -> bool:
+    return any(chunk for chunk in buffer)
+
+
+def split_for_consumers(buffer: beam_exec.ListBuffer, parts: int) -> tuple[Payload, ...]:
+    """Split one output buffer so consumer bundles can run concurrently."""
+    if parts <= 1:
+        return (buffer,)
+    coder_impl = buffer._coder_impl
+    out = []
+    for chunks in buffer.partition(parts):
+        if any(chunks):
+            part = beam_exec.ListBuffer(coder_impl)
+            for chunk in chunks:
+                part.append(chunk)
+            out.append(part)
+    return tuple(out)
+
+
+def _micros(ts: "beam_exec.timestamp.Timestamp") -> Micros:
+    return int(ts.micros)
+
+
+def collect_timers(stage_context: beam_exec.BundleContextManager,
+                   result: AttemptResult) -> tuple[TimerBatch, ...]:
+    """Timers the attempt set, the last write per (key, tag, window) winning."""
+    batches = []
+    for (transform_id, family), (buffer_id, _domain) in (
+            stage_context.stage_timer_outputs.items()):
+        written = result.timer_outputs.get(buffer_id)
+        if written is None:
+            continue
+        coder_impl = stage_context.get_timer_coder_impl(transform_id, family)
+        latest = {}
+        for chunk in written:
+            for timer in coder_impl.decode_all(chunk):
+                key = (timer.user_key, timer.dynamic_timer_tag, timer.windows[0])
+                if timer.clear_bit:
+                    latest.pop(key, None)
+                else:
+                    latest[key] = timer
+        if not latest:
+            continue
+        out = create_OutputStream()
+        for timer in latest.values():
+            coder_impl.encode_to_stream(timer, out, True)
+        payload = beam_exec.ListBuffer(coder_impl)
+        payload.append(out.get())
+        batches.append(TimerBatch(
+            family=timer_family_key(transform_id, family),
+            payload=payload,
+            fire_at=min(_micros(t.fire_timestamp) for t in latest.values()),
+            hold=min(_micros(t.hold_timestamp) for t in latest.values())))
+    return tuple(batches)
+
+
+def collect_residuals(
+    stage_context: beam_exec.BundleContextManager,
+    result: AttemptResult,
+    inputs_sent: Mapping[str, beam_exec.PartitionableBuffer],
+) -> tuple[dict[str, Payload], Micros, float]:
+    """SDK-initiated residuals and runner splits -> (inputs, hold, resume_at)."""
+    deferred: dict[str, beam_exec.PartitionableBuffer] = {}
+    # Beam's helpers ignore ``self``; they decode residual roots and channel
+    # splits into per-input buffers exactly as FnApiRunner does.
+    fn_runner.FnApiRunner._add_sdk_delayed_applications_to_deferred_inputs(
+        None, result.view, result.response, deferred)  # type: ignore[arg-type]
+    fn_runner.FnApiRunner._add_residuals_and_channel_splits_to_deferred_inputs(
+        None, result.splits, result.view, inputs_sent, deferred)  # type: ignore[arg-type]
+    if not deferred:
+        return {}, MIN_TIMESTAMP, 0.0
+    roots = list(result.response.process_bundle.residual_roots)
+    for split in result.splits:
+        roots.extend(split.residual_roots)
+    watermarks = [
+        wm.seconds * 1_000_000 + wm.nanos // 1000
+        for root in roots for wm in root.output_watermarks.values()]
+    # No estimate from the SDK means we know nothing: hold at MIN.
+    hold = min(watermarks) if watermarks and len(watermarks) >= len(roots) else MIN_TIMESTAMP
+    delays = [root.requested_time_delay.ToTimedelta().total_seconds() for root in roots
+              if root.HasField("requested_time_delay")]
+    resume_at = time.time() + max(delays) if delays and max(delays) > 0 else 0.0
+    return dict(deferred), hold, resume_at
+
+
+class ResultCollector:
+    """Per-job: side-input commits and output fan-out."""
+
+    def __init__(self, context: beam_exec.FnApiRunnerExecutionContext,
+                 split_parts: Mapping[str, int]) -> None:
+        self._context = context
+        #: buffer name -> how many pieces to cut it into for its consumers
+        self._split_parts = split_parts
+
+    def to_event(self, bundle_id: str, stage_context: beam_exec.BundleContextManager,
+                 result: AttemptResult,
+                 inputs_sent: Mapping[str, beam_exec.PartitionableBuffer]
+                 ) -> BundleSucceeded:
+        stage_name = stage_context.stage.name
+        produced: dict[str, tuple[Payload, ...]] = {}
+        for buffer_id in set(stage_context.stage_data_outputs.values()):
+            buffer = result.outputs.get(buffer_id)
+            if buffer is None or not has_data(buffer):
+                continue
+            self._commit_side_inputs(stage_name, buffer_id, buffer)
+            name = buffer_name(buffer_id)
+            produced[name] = split_for_consumers(buffer, self._split_parts.get(name, 1))
+        residuals, hold, resume_at = collect_residuals(stage_context, result, inputs_sent)
+        return BundleSucceeded(
+            bundle_id=bundle_id, produced=produced, residuals=residuals,
+            residual_hold=hold, resume_at=resume_at,
+            timers=collect_timers(stage_context, result))
+
+    def _commit_side_inputs(self, stage_name: str, buffer_id: bytes,
+                            buffer: beam_exec.ListBuffer) -> None:
+        descriptors = self._context.side_input_descriptors_by_stage.get(stage_name, {})
+        mine = {k: v for k, v in descriptors.items() if v[0] == buffer_id}
+        if not mine:
+            return
+        self._context.pcoll_buffers[buffer_id] = buffer
+        try:
+            self._context.commit_side_inputs_to_state(mine)
+        finally:
+            self._context.pcoll_buffers.pop(buffer_id, None)
+
+
+def monitoring_infos(result: Optional[AttemptResult]) -> list:
+    if result is None:
+        return []
+    return list(result.response.process_bundle.monitoring_infos)
+

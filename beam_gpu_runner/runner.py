@@ -1,0 +1,167 @@
+"""GpuRunner: pipeline -> proto -> fused stages -> engine on worker pools."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+from apache_beam.options import pipeline_options
+from apache_beam.options.value_provider import RuntimeValueProvider
+from apache_beam.pipeline import Pipeline
+from apache_beam.portability.api import beam_provision_api_pb2, beam_runner_api_pb2
+from apache_beam.runners.job import utils as job_utils
+from apache_beam.runners.pipeline_utils import (
+    group_by_key_input_visitor, merge_common_environments, validate_pipeline_graph)
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.runners.runner import PipelineRunner
+from apache_beam.transforms import environments
+
+from beam_gpu_runner.execution.job import Job, JobPlan
+from beam_gpu_runner.execution.result import GpuPipelineResult
+from beam_gpu_runner.options import GpuRunnerOptions, num_workers
+from beam_gpu_runner.placement.api import Placement
+from beam_gpu_runner.preprocess.fusion import fuse
+from beam_gpu_runner.preprocess.pools import plan_pools
+from beam_gpu_runner.workers.factory import ProcessWorkerFactory
+from beam_gpu_runner.workers.registry import WorkerRegistry
+
+_LOG = logging.getLogger(__name__)
+
+
+def worker_environment() -> environments.Environment:
+    """Our workers: Beam's SDK harness under this very interpreter."""
+    return environments.SubprocessSDKEnvironment.from_command_string(
+        "%s -m apache_beam.runners.worker.sdk_worker_main" % sys.executable)
+
+
+def portable_options(options: pipeline_options.PipelineOptions) -> dict[str, Any]:
+    """The options workers get: set ones only, JSON-serialisable ones only."""
+    all_options = options.get_all_options(drop_default=True, retain_unknown_options=True)
+    portable: dict[str, Any] = {}
+    for key, value in all_options.items():
+        if value is None:
+            continue
+        try:
+            json.dumps(value)
+        except TypeError:
+            _LOG.debug("Not passing option %s=%r to workers (not JSON)", key, value)
+            continue
+        portable[key] = value
+    return portable
+
+
+def options_json(portable: dict[str, Any]) -> str:
+    """PIPELINE_OPTIONS for sdk_worker_main (a Struct would turn ints to floats)."""
+    return json.dumps({"options": portable}, sort_keys=True)
+
+
+class GpuRunner(PipelineRunner):
+    """Runs Beam pipelines with bundles in worker processes that own GPUs.
+
+    ``placement`` (tests, Ray) and ``provision_info`` (the job server's
+    artifacts) may be injected; by default workers are local subprocesses.
+    """
+
+    def __init__(self, placement: Optional[Placement] = None,
+                 provision_info: Optional[fn_runner.ExtendedProvisionInfo] = None) -> None:
+        super().__init__()
+        self._placement = placement
+        self._provision_info = provision_info
+
+    # ---- Beam entry points --------------------------------------------------
+
+    def run_pipeline(self, pipeline: Pipeline,
+                     options: pipeline_options.PipelineOptions) -> GpuPipelineResult:
+        RuntimeValueProvider.set_runtime_options({})
+        debug = options.view_as(pipeline_options.DebugOptions)
+        experiments = debug.experiments or []
+        if "beam_fn_api" not in experiments:
+            experiments.append("beam_fn_api")
+        debug.experiments = experiments
+        pipeline.visit(group_by_key_input_visitor(
+            not options.view_as(pipeline_options.TypeOptions)
+            .allow_non_deterministic_key_coders))
+        proto = pipeline.to_runner_api(default_environment=worker_environment())
+        result = self.run_via_runner_api(proto, options)
+        if not options.view_as(pipeline_options.StandardOptions).streaming:
+            # Like Beam's DirectRunner, a batch run() returns when it is done.
+            result.wait_until_finish()
+        return result
+
+    def run_via_runner_api(self, pipeline_proto: beam_runner_api_pb2.Pipeline,
+                           options: pipeline_options.PipelineOptions
+                           ) -> GpuPipelineResult:
+        """Start the job and return at once (the job server uses this)."""
+        gpu_options = options.view_as(GpuRunnerOptions)
+        validate_pipeline_graph(pipeline_proto)
+        checker = fn_runner.FnApiRunner()
+        checker._validate_requirements(pipeline_proto)
+        checker._check_requirements(pipeline_proto)
+        pipeline_proto = merge_common_environments(
+            checker.resolve_any_environments(pipeline_proto))
+        stage_context, stages = fuse(pipeline_proto)
+        workers = num_workers(options)
+        devices = _device_allocator(gpu_options)
+        pools = plan_pools(stages, stage_context.components, workers, devices)
+
+        portable = portable_options(options)
+        struct = job_utils.dict_to_struct(
+            {"beam:option:%s:v1" % k: v for k, v in portable.items()})
+        provision = self._provision_info or fn_runner.ExtendedProvisionInfo(
+            beam_provision_api_pb2.ProvisionInfo(
+                retrieval_token="unused-retrieval-token", pipeline_options=struct))
+        placement = self._placement or _default_placement(gpu_options)
+        registry = WorkerRegistry(provision, host=placement.advertise_host())
+        factory = ProcessWorkerFactory(
+            registry, placement, dict(stage_context.components.environments),
+            options_json(portable), gpu_options.worker_start_timeout,
+            devices, pools.stage_names, pools.hint_texts)
+        plan = JobPlan(stage_context, stages, pools.pool_of_stage, pools.sizes)
+        job = Job(plan, registry, factory, gpu_options.max_bundle_attempts, workers)
+
+        def finish() -> None:
+            if self._placement is None:
+                placement.close()
+            if devices is not None:
+                devices.close()
+
+        job.start()
+        return GpuPipelineResult(job, on_finish=finish)
+
+
+def _default_placement(options: GpuRunnerOptions) -> Placement:
+    if options.placement == "ray":
+        from beam_gpu_runner.placement.ray import RayPlacement
+        return RayPlacement(address=options.ray_address)
+    from beam_gpu_runner.placement.local import LocalPlacement
+    return LocalPlacement()
+
+
+def _device_allocator(options: GpuRunnerOptions) -> Any:
+    from beam_gpu_runner.resources.assignment import DeviceAllocator
+    from beam_gpu_runner.resources.config import ExternalResourceConfig
+    config = ExternalResourceConfig.load(
+        options.external_resources_config, options.external_resource or ())
+    return DeviceAllocator(config, lease_dir=options.lease_dir)
+
+
+def run_main(argv: Sequence[str]) -> int:
+    """``beam-gpu-runner run MODULE [args]``: run a pipeline module on GpuRunner."""
+    import runpy
+    if not argv:
+        print("usage: beam-gpu-runner run MODULE_OR_SCRIPT [pipeline args]", file=sys.stderr)
+        return 2
+    target, rest = argv[0], list(argv[1:])
+    if not any(a.startswith("--runner") for a in rest):
+        rest.append("--runner=beam_gpu_runner.GpuRunner")
+    sys.argv = [target] + rest
+    if target.endswith(".py") or os.path.sep in target:
+        runpy.run_path(target, run_name="__main__")
+    else:
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+    return 0
+
+
+__all__ = ["GpuRunner", "worker_environment"]

@@ -1,0 +1,40 @@
+"""The Fn API logging service: workers' log records, re-logged here readably."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Iterator
+
+import grpc
+
+from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
+from apache_beam.runners.worker.log_handler import LOGENTRY_TO_LOG_LEVEL_MAP
+from apache_beam.utils import thread_pool_executor
+
+_LOG = logging.getLogger("beam_gpu_runner.worker")
+
+
+class WorkerLogService(beam_fn_api_pb2_grpc.BeamFnLoggingServicer):
+    def Logging(self, log_messages: Iterable[beam_fn_api_pb2.LogEntry.List],
+                context: Any = None) -> Iterator[beam_fn_api_pb2.LogControl]:
+        yield beam_fn_api_pb2.LogControl()
+        worker = "?"
+        if context is not None:
+            worker = dict(context.invocation_metadata()).get("worker_id", "?")
+        for message in log_messages:
+            for entry in message.log_entries:
+                level = LOGENTRY_TO_LOG_LEVEL_MAP.get(entry.severity, logging.INFO)
+                if _LOG.isEnabledFor(level):
+                    _LOG.log(level, "[%s %s] %s%s", worker, entry.log_location,
+                             entry.message, ("\n" + entry.trace) if entry.trace else "")
+
+
+class LogServer:
+    def __init__(self) -> None:
+        self._server = grpc.server(thread_pool_executor.shared_unbounded_instance())
+        self.port = self._server.add_insecure_port("[::]:0")
+        beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(
+            WorkerLogService(), self._server)
+        self._server.start()
+
+    def close(self) -> None:
+        self._server.stop(1).wait()

@@ -1,0 +1,84 @@
+"""The job's Fn API services and the worker handlers that use them.
+
+Beam's execution classes (``FnApiRunnerExecutionContext``, ``BundleContextManager``)
+expect a "worker handler manager"; this registry is ours: one gRPC server per
+job (control, data, state, logging, provision), process bundle descriptors,
+and handlers by worker id.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Optional
+
+from apache_beam.portability.api import beam_fn_api_pb2, endpoints_pb2
+from apache_beam.runners.portability.fn_api_runner import worker_handlers as beam_wh
+
+from beam_gpu_runner.workers.logs import LogServer
+
+_LOG = logging.getLogger(__name__)
+
+
+class _Endpoints:
+    """What Beam's BundleContextManager asks of ``worker_handlers[0]``."""
+
+    def __init__(self, host: str, server: beam_wh.GrpcServer) -> None:
+        self._host = host
+        self._server = server
+
+    def data_api_service_descriptor(self) -> endpoints_pb2.ApiServiceDescriptor:
+        return endpoints_pb2.ApiServiceDescriptor(
+            url="%s:%s" % (self._host, self._server.data_port))
+
+    def state_api_service_descriptor(self) -> endpoints_pb2.ApiServiceDescriptor:
+        return endpoints_pb2.ApiServiceDescriptor(
+            url="%s:%s" % (self._host, self._server.state_port))
+
+
+class WorkerRegistry:
+    def __init__(self, provision_info: "beam_wh.ExtendedProvisionInfo", host: str) -> None:
+        self.state_servicer = beam_wh.StateServicer()
+        self.provision_info = provision_info
+        self._descriptors: dict[str, beam_fn_api_pb2.ProcessBundleDescriptor] = {}
+        self._workers: dict[str, beam_wh.WorkerHandler] = {}
+        self._lock = threading.Lock()
+        self.grpc_server: Optional[beam_wh.GrpcServer] = beam_wh.GrpcServer(
+            self.state_servicer, provision_info, self)
+        self._endpoints = _Endpoints(host, self.grpc_server)
+        self._logs = LogServer()
+        self.logging_address = "%s:%d" % (host, self._logs.port)
+
+    # -- what Beam's execution context calls --------------------------------
+    def get_worker_handlers(self, environment_id: Optional[str], num_workers: int
+                            ) -> list[_Endpoints]:
+        return [self._endpoints]
+
+    def register_process_bundle_descriptor(
+            self, descriptor: beam_fn_api_pb2.ProcessBundleDescriptor) -> None:
+        with self._lock:
+            self._descriptors[descriptor.id] = descriptor
+
+    def get_process_bundle_descriptor(
+            self, request: beam_fn_api_pb2.GetProcessBundleDescriptorRequest
+    ) -> beam_fn_api_pb2.ProcessBundleDescriptor:
+        with self._lock:
+            return self._descriptors[request.process_bundle_descriptor_id]
+
+    def get_worker(self, worker_id: str) -> beam_wh.WorkerHandler:
+        with self._lock:
+            return self._workers[worker_id]
+
+    # -- ours -----------------------------------------------------------------
+    def add(self, handler: beam_wh.WorkerHandler) -> None:
+        with self._lock:
+            self._workers[handler.worker_id] = handler
+
+    def remove(self, handler: beam_wh.WorkerHandler) -> None:
+        with self._lock:
+            self._workers.pop(handler.worker_id, None)
+
+    def close(self) -> None:
+        self._logs.close()
+        if self.grpc_server is not None:
+            self.grpc_server.close()
+            self.grpc_server = None

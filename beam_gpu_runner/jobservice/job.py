@@ -1,0 +1,348 @@
+"""One job of the job server: its state machine, state history and message log.
+
+States follow Beam's Job API (``beam_job_api_pb2.JobState``)::
+
+    STOPPED -> STARTING -> RUNNING -> DONE | FAILED | CANCELLING -> CANCELLED
+
+``STOPPED`` is a prepared job that was not run yet. A job may also fail or be
+cancelled while ``STARTING``, and a ``CANCELLING`` job may still end ``DONE``
+or ``FAILED`` when it finished before the cancel took effect. Terminal states
+(``DONE``, ``FAILED``, ``CANCELLED``, ``DRAINED``, ``UPDATED``) never change.
+
+Everything a client streams (``GetStateStream``, ``GetMessageStream``) is read
+from this object's history, so a stream opened late still sees every state
+since ``STOPPED`` and the job's messages.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Union
+
+from apache_beam.portability.api import beam_job_api_pb2, beam_runner_api_pb2
+from apache_beam.utils.timestamp import Timestamp
+from google.protobuf import struct_pb2
+
+from beam_gpu_runner.jobservice.executor import JobResult
+
+_LOGGER = logging.getLogger(__name__)
+
+JobState = beam_job_api_pb2.JobState
+JobMessage = beam_job_api_pb2.JobMessage
+
+TERMINAL_STATES = frozenset([
+    JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.DRAINED,
+    JobState.UPDATED,
+])
+
+# Allowed transitions. Anything else is a bug in the caller.
+TRANSITIONS: dict[int, frozenset[int]] = {
+    JobState.STOPPED: frozenset([JobState.STARTING, JobState.CANCELLED]),
+    JobState.STARTING: frozenset([
+        JobState.RUNNING, JobState.FAILED, JobState.CANCELLING,
+        JobState.CANCELLED, JobState.DONE]),
+    JobState.RUNNING: frozenset([
+        JobState.DONE, JobState.FAILED, JobState.CANCELLING, JobState.CANCELLED,
+        JobState.DRAINING, JobState.DRAINED, JobState.UPDATED]),
+    JobState.DRAINING: frozenset([
+        JobState.DRAINED, JobState.FAILED, JobState.CANCELLING,
+        JobState.CANCELLED]),
+    JobState.CANCELLING: frozenset([
+        JobState.CANCELLED, JobState.FAILED, JobState.DONE]),
+}
+
+# Beam PipelineState strings that a JobResult may report, mapped to JobState.
+_PIPELINE_STATE_TO_JOB_STATE: dict[str, int] = {
+    "STOPPED": JobState.STOPPED,
+    "PENDING": JobState.STARTING,
+    "STARTING": JobState.STARTING,
+    "RUNNING": JobState.RUNNING,
+    "DONE": JobState.DONE,
+    "FAILED": JobState.FAILED,
+    "CANCELLED": JobState.CANCELLED,
+    "CANCELLING": JobState.CANCELLING,
+    "UPDATED": JobState.UPDATED,
+    "DRAINING": JobState.DRAINING,
+    "DRAINED": JobState.DRAINED,
+}
+
+# How many messages a job keeps; the oldest go first.
+MAX_MESSAGES = 10_000
+
+# How often a blocked stream re-checks whether its client is still there.
+_STREAM_POLL_S = 0.5
+
+
+def state_name(state: int) -> str:
+    return str(JobState.Enum.Name(state))
+
+
+def is_terminal(state: int) -> bool:
+    return state in TERMINAL_STATES
+
+
+def job_state_of(pipeline_state: object) -> int:
+    """The JobState for a Beam ``PipelineState`` string (or a JobState int)."""
+    if isinstance(pipeline_state, int):
+        return pipeline_state
+    return _PIPELINE_STATE_TO_JOB_STATE.get(str(pipeline_state), JobState.UNSPECIFIED)
+
+
+class InvalidTransitionError(RuntimeError):
+    """A job was asked to move to a state its current state does not allow."""
+
+    def __init__(self, job_id: str, from_state: int, to_state: int) -> None:
+        super().__init__(job_id, from_state, to_state)
+        self.job_id = job_id
+        self.from_state = from_state
+        self.to_state = to_state
+
+    def __str__(self) -> str:
+        return "job %s: cannot go from %s to %s" % (
+            self.job_id, state_name(self.from_state), state_name(self.to_state))
+
+
+@dataclass(frozen=True)
+class StateEvent:
+    state: int
+    timestamp: Timestamp
+
+    def to_proto(self) -> beam_job_api_pb2.JobStateEvent:
+        return beam_job_api_pb2.JobStateEvent(
+            state=self.state,  # type: ignore[arg-type]
+            timestamp=self.timestamp.to_proto())
+
+
+# An entry of the message log: a job message or a state change.
+LogEntry = Union[StateEvent, beam_job_api_pb2.JobMessage]
+
+
+class Job:
+    """One prepared job. Thread-safe."""
+
+    def __init__(self,
+                 job_id: str,
+                 job_name: str,
+                 pipeline: beam_runner_api_pb2.Pipeline,
+                 pipeline_options: struct_pb2.Struct) -> None:
+        self.job_id = job_id
+        self.job_name = job_name
+        self.pipeline = pipeline
+        self.pipeline_options = pipeline_options
+        self._cond = threading.Condition()
+        self._states: list[StateEvent] = [StateEvent(JobState.STOPPED, Timestamp.now())]
+        # Message log: messages and state changes, in order. _dropped counts
+        # entries removed from the front so that stream positions stay valid.
+        self._log: list[LogEntry] = [self._states[0]]
+        self._dropped = 0
+        self._next_message_id = 1
+        self._result: Optional[JobResult] = None
+        self._cancel_requested = False
+        self._thread: Optional[threading.Thread] = None
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def state(self) -> int:
+        with self._cond:
+            return self._states[-1].state
+
+    def state_event(self) -> StateEvent:
+        with self._cond:
+            return self._states[-1]
+
+    def state_history(self) -> list[StateEvent]:
+        with self._cond:
+            return list(self._states)
+
+    @property
+    def result(self) -> Optional[JobResult]:
+        with self._cond:
+            return self._result
+
+    def set_state(self, new_state: int) -> bool:
+        """Move to ``new_state``; False when already there; raise when not allowed."""
+        with self._cond:
+            current = self._states[-1].state
+            if new_state == current:
+                return False
+            if new_state not in TRANSITIONS.get(current, frozenset()):
+                raise InvalidTransitionError(self.job_id, current, new_state)
+            event = StateEvent(new_state, Timestamp.now())
+            self._states.append(event)
+            self._append_log(event)
+            self._cond.notify_all()
+        _LOGGER.info("Job %s is %s", self.job_id, state_name(new_state))
+        return True
+
+    def _try_set_state(self, new_state: int) -> None:
+        """set_state for the job's own thread, which races with cancel."""
+        try:
+            self.set_state(new_state)
+        except InvalidTransitionError as exc:
+            _LOGGER.debug("Ignoring %s", exc)
+
+    # -- messages ------------------------------------------------------------
+
+    def add_message(self, text: str,
+                    importance: int = JobMessage.JOB_MESSAGE_BASIC) -> None:
+        with self._cond:
+            message = JobMessage(
+                message_id=str(self._next_message_id),
+                time=time.strftime("%Y-%m-%d %H:%M:%S"),
+                importance=importance,  # type: ignore[arg-type]
+                message_text=text)
+            self._next_message_id += 1
+            self._append_log(message)
+            self._cond.notify_all()
+
+    def _append_log(self, entry: LogEntry) -> None:
+        self._log.append(entry)
+        if len(self._log) > MAX_MESSAGES:
+            del self._log[0]
+            self._dropped += 1
+
+    # -- streams -------------------------------------------------------------
+
+    def state_stream(self, is_active: Callable[[], bool] = lambda: True
+                     ) -> Iterator[StateEvent]:
+        """Every state since STOPPED, then new ones; ends after a terminal one
+        or when ``is_active()`` turns False (the client went away)."""
+        position = 0
+        while True:
+            with self._cond:
+                while position >= len(self._states):
+                    if not is_active():
+                        return
+                    self._cond.wait(_STREAM_POLL_S)
+                event = self._states[position]
+            position += 1
+            yield event
+            if is_terminal(event.state):
+                return
+
+    def message_stream(self, is_active: Callable[[], bool] = lambda: True
+                       ) -> Iterator[LogEntry]:
+        """The job's messages and state changes, oldest kept first, then new
+        ones; ends after a terminal state or when the client went away."""
+        position = 0  # absolute index: _dropped + list index
+        while True:
+            with self._cond:
+                while position >= self._dropped + len(self._log):
+                    if not is_active():
+                        return
+                    self._cond.wait(_STREAM_POLL_S)
+                position = max(position, self._dropped)
+                entry = self._log[position - self._dropped]
+            position += 1
+            yield entry
+            if isinstance(entry, StateEvent) and is_terminal(entry.state):
+                return
+
+    def wait_until_terminal(self, timeout: Optional[float] = None) -> bool:
+        """True once the job is in a terminal state; False after ``timeout`` s."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: is_terminal(self._states[-1].state), timeout)
+
+    # -- running -------------------------------------------------------------
+
+    def start(self, launch: Callable[[], JobResult]) -> None:
+        """Go STARTING and run the job on a thread of its own.
+
+        ``launch`` starts the job and returns its result promptly; the job's
+        thread then waits for the result and records the final state.
+        """
+        self.set_state(JobState.STARTING)
+        self._thread = threading.Thread(
+            target=self._drive, args=(launch,), name="job-%s" % self.job_id,
+            daemon=True)
+        self._thread.start()
+
+    def _drive(self, launch: Callable[[], JobResult]) -> None:
+        try:
+            result = launch()
+        except Exception:  # the executor refused or crashed
+            self._fail("could not start job %s" % self.job_id)
+            return
+        with self._cond:
+            self._result = result
+            cancel_now = self._cancel_requested
+        if cancel_now:
+            self._cancel_result(result)
+        else:
+            self._try_set_state(JobState.RUNNING)
+        try:
+            final = result.wait_until_finish()
+            state = job_state_of(final if final is not None else result.state)
+        except Exception:
+            with self._cond:
+                cancelled = self._cancel_requested
+            if cancelled:
+                state = JobState.CANCELLED
+            else:
+                self._fail("job %s failed" % self.job_id)
+                return
+        if not is_terminal(state):
+            # A result that returns before it ends is a broken executor.
+            state = job_state_of(result.state)
+            if not is_terminal(state):
+                self._fail("job %s: executor result returned from "
+                           "wait_until_finish() in state %s" % (
+                               self.job_id, state_name(state)),
+                           with_traceback=False)
+                return
+        with self._cond:
+            cancelled = self._cancel_requested
+        if state == JobState.FAILED and cancelled:
+            state = JobState.CANCELLED  # failing while being stopped is stopping
+        if state == JobState.FAILED:
+            self.add_message("job %s failed (the executor reported FAILED)"
+                             % self.job_id, JobMessage.JOB_MESSAGE_ERROR)
+        self._try_set_state(state)
+
+    def _fail(self, text: str, with_traceback: bool = True) -> None:
+        _LOGGER.error("%s", text, exc_info=with_traceback)
+        if with_traceback:
+            text = "%s:\n%s" % (text, traceback.format_exc())
+        self.add_message(text, JobMessage.JOB_MESSAGE_ERROR)
+        self._try_set_state(JobState.FAILED)
+
+    def cancel(self) -> int:
+        """Ask the job to stop; return the state after asking.
+
+        Raises ``InvalidTransitionError`` when the job already ended.
+        """
+        with self._cond:
+            current = self._states[-1].state
+            if is_terminal(current):
+                raise InvalidTransitionError(self.job_id, current, JobState.CANCELLED)
+            if current == JobState.STOPPED:  # prepared, never run
+                self.set_state(JobState.CANCELLED)
+                return JobState.CANCELLED
+            already = self._cancel_requested
+            self._cancel_requested = True
+            result = self._result
+            if current != JobState.CANCELLING:
+                self.set_state(JobState.CANCELLING)
+        if result is not None and not already:
+            self._cancel_result(result)
+        return self.state
+
+    def _cancel_result(self, result: JobResult) -> None:
+        try:
+            result.cancel()
+        except Exception as exc:
+            _LOGGER.warning("Cancel of job %s raised: %s", self.job_id, exc,
+                            exc_info=True)
+            self.add_message("cancel of job %s raised: %s" % (self.job_id, exc),
+                             JobMessage.JOB_MESSAGE_WARNING)
+
+    def to_job_info(self) -> beam_job_api_pb2.JobInfo:
+        return beam_job_api_pb2.JobInfo(
+            job_id=self.job_id, job_name=self.job_name,
+            pipeline_options=self.pipeline_options,
+            state=self.state)  # type: ignore[arg-type]

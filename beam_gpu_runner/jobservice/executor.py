@@ -71,17 +71,34 @@ class JobExecutor(Protocol):
 
 
 class GpuRunnerExecutor:
-    """Runs jobs on ``beam_gpu_runner.runner.GpuRunner`` (imported lazily)."""
+    """Runs jobs on ``beam_gpu_runner.runner.GpuRunner`` (imported lazily).
+
+    The job's staged artifacts and name reach the workers through the
+    runner's ``provision_info``, as with Beam's FnApiRunner.
+    """
 
     def run(self,
             pipeline_proto: beam_runner_api_pb2.Pipeline,
             options: PipelineOptions,
             job_name: str,
             staged_artifacts_dir: Optional[str]) -> JobResult:
-        from beam_gpu_runner.runner import GpuRunner  # lazy: optional at import
+        # Lazy and untyped on purpose: the job server must start (and type
+        # check) without pulling in the runner core.
+        runner_module: Any = importlib.import_module("beam_gpu_runner.runner")
+        from apache_beam.portability.api import beam_provision_api_pb2
+        from apache_beam.runners.job import utils as job_utils
+        from apache_beam.runners.portability.fn_api_runner import fn_runner
+        struct = job_utils.dict_to_struct({
+            "beam:option:%s:v1" % k: v
+            for k, v in runner_module.portable_options(options).items()})
+        provision = fn_runner.ExtendedProvisionInfo(
+            beam_provision_api_pb2.ProvisionInfo(
+                retrieval_token="unused-retrieval-token", pipeline_options=struct),
+            staged_artifacts_dir, job_name=job_name)
         _LOGGER.info("Starting job %s on GpuRunner (staged artifacts: %s)",
                      job_name, staged_artifacts_dir)
-        result: JobResult = GpuRunner().run_via_runner_api(pipeline_proto, options)
+        result: JobResult = runner_module.GpuRunner(
+            provision_info=provision).run_via_runner_api(pipeline_proto, options)
         return result
 
 

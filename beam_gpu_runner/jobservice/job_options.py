@@ -27,9 +27,8 @@ from google.protobuf import struct_pb2
 
 
 def _gpu_runner_options() -> type[PipelineOptions]:
-    # Imported on first use: importing it registers GpuRunnerOptions with
-    # every PipelineOptions in the process (and its --num_workers collides
-    # with Beam's WorkerOptions in get_all_options until options.py drops it).
+    # Imported on first use, like the runner: importing it registers the
+    # GpuRunner flags with every PipelineOptions of the process.
     from beam_gpu_runner.options import GpuRunnerOptions
     return GpuRunnerOptions
 

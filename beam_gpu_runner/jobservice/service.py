@@ -166,14 +166,17 @@ class JobService(beam_job_api_pb2_grpc.JobServiceServicer):
         job_id = request.preparation_id
         job = self._job("Run", job_id, context)
         with self._lock:
-            if job_id in self._ran or job.state != JobState.STOPPED:
-                already = True
-            else:
-                already = False
+            ran_before = job_id in self._ran
+            runnable = not ran_before and job.state == JobState.STOPPED
+            if runnable:
                 self._ran.add(job_id)
-        if already:
+        if ran_before:
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                    "Run: job %s was already run (state %s)" % (job_id, state_name(job.state)))
+        if not runnable:
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                   "Run: job %s cannot run in state %s (only a prepared, STOPPED job can)"
+                   % (job_id, state_name(job.state)))
         try:
             options = job_pipeline_options(job.pipeline_options, self._defaults)
         except JobOptionsError as exc:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ BEAM_TO_RAY_ACCELERATOR: Mapping[str, str] = {
 }
 
 _ACCELERATOR_PREFIX = "accelerator_type:"
+_KEPT_LOG_LINES = 200
 
 
 class RayPlacementError(RuntimeError):
@@ -97,12 +99,12 @@ def ray_accelerator_type(beam_type: str,
 
 def _known_ray_labels() -> frozenset[str]:
     try:
-        from ray.util import accelerators
+        from ray.util.accelerators import accelerators
     except ImportError:
         return frozenset()
     return frozenset(
         value for name, value in vars(accelerators).items()
-        if name.isupper() and isinstance(value, str))
+        if re.match(r"^[A-Z][A-Za-z0-9_]*$", name) and isinstance(value, str))
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ def _descriptor(address: str) -> str:
     from apache_beam.portability.api import endpoints_pb2
     from google.protobuf import text_format
 
-    return text_format.MessageToString(endpoints_pb2.ApiServiceDescriptor(url=address))
+    return str(text_format.MessageToString(endpoints_pb2.ApiServiceDescriptor(url=address)))
 
 
 class RayWorkerProcess:
@@ -176,6 +178,8 @@ class RayWorkerProcess:
         self._placement_group = placement_group
         self._lock = threading.Lock()
         self._final: Optional[str] = None   # set once the worker has ended
+        self._returncode: Optional[int] = None
+        self._log_tail: Optional[str] = None
 
     # Where it runs, for logs and tests.
     @property
@@ -203,37 +207,85 @@ class RayWorkerProcess:
 
         return ray.get(getattr(self._actor, method).remote(*args), timeout=timeout)
 
-    def _status(self) -> Optional[str]:
-        """None while running, else the description of how it ended."""
+    def _status(self, wait: float = 0.0) -> Optional[str]:
+        """None while running, else the description of how it ended.
+
+        ``wait`` > 0 waits that long (inside the actor) for the harness to end.
+        """
         with self._lock:
             if self._final is not None:
                 return self._final
         import ray.exceptions as rex
 
+        timeout = wait + self._placement.call_timeout
         try:
-            code = self._call("poll", timeout=self._placement.call_timeout)
+            code = (self._call("wait", wait, timeout=timeout) if wait > 0
+                    else self._call("poll", timeout=timeout))
         except rex.GetTimeoutError:
             # A busy or partitioned node; Ray declares the actor dead if the
             # node is really gone, and we report that on a later call.
-            _LOG.warning("RayWorkerProcess: worker %s did not answer poll within %.1fs; "
-                         "assuming it still runs", self.worker_id,
-                         self._placement.call_timeout)
+            _LOG.warning("RayWorkerProcess: worker %s did not answer within %.1fs; "
+                         "assuming it still runs", self.worker_id, timeout)
             return None
         except rex.ActorUnavailableError as exc:
             _LOG.warning("RayWorkerProcess: worker %s is temporarily unavailable: %s",
                          self.worker_id, exc)
             return None
         except rex.RayActorError as exc:
-            return self._finish("actor died: %s" % _first_line(exc))
+            return self._finish("actor died: %s" % _first_line(exc), None)
         if code is None:
             return None
-        return self._finish("harness %s" % describe_returncode(code))
+        # Keep the end of its log before the actor (and its GPUs) go.
+        self._remember_log()
+        return self._finish("harness %s" % describe_returncode(code), code)
 
-    def _finish(self, description: str) -> str:
+    def _remember_log(self) -> None:
+        import ray.exceptions as rex
+
+        try:
+            tail = self._call("log_tail", _KEPT_LOG_LINES,
+                              timeout=self._placement.call_timeout)
+        except (rex.RayError, rex.GetTimeoutError):
+            return
+        with self._lock:
+            self._log_tail = str(tail)
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        """Wait up to ``timeout`` s for the worker to end (as ``Popen.wait``,
+        but returns None on timeout); -1 when only the actor is known dead."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 5.0 if end is None else max(0.0, end - time.monotonic())
+            final = self._status(wait=min(left, 5.0))
+            if final is not None:
+                return self._returncode
+            if end is not None and time.monotonic() >= end:
+                return None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the harness's output (kept after it ended)."""
+        with self._lock:
+            kept, final = self._log_tail, self._final
+        if kept is not None:
+            return "".join(kept.splitlines(keepends=True)[-lines:])
+        if final is not None:
+            return "(log on node %s: %s)" % (self.node_ip, self.started.log_path)
+        import ray.exceptions as rex
+
+        try:
+            return str(self._call("log_tail", lines, timeout=self._placement.call_timeout))
+        except (rex.RayError, rex.GetTimeoutError):
+            return ""
+
+    def _finish(self, description: str, returncode: Optional[int]) -> str:
+        """Record how it ended (first call wins), then free the actor."""
         with self._lock:
             if self._final is None:
                 self._final = "%s (worker %s on node %s)" % (
                     description, self.worker_id, self.node_ip)
+                # Unknown codes read as SIGKILL: that is what PDEATHSIG does
+                # to a harness whose actor died.
+                self._returncode = -signal.SIGKILL if returncode is None else returncode
                 _LOG.info("RayWorkerProcess: %s", self._final)
             final = self._final
         self._release()
@@ -246,26 +298,28 @@ class RayWorkerProcess:
         return self._status() or "running"
 
     def stop(self, timeout: float = 5.0) -> None:
-        import ray.exceptions as rex
-
-        description = "stopped"
-        try:
-            code = self._call("stop", timeout, timeout=timeout + self._placement.call_timeout)
-            description = "stopped, harness %s" % describe_returncode(code)
-        except (rex.RayActorError, rex.GetTimeoutError) as exc:
-            description = "stopped (actor did not answer: %s)" % _first_line(exc)
-        self._finish(description)
+        self._end("stop", timeout, timeout + self._placement.call_timeout)
 
     def kill(self) -> None:
+        self._end("kill", None, self._placement.call_timeout)
+
+    def _end(self, method: str, arg: Optional[float], call_timeout: float) -> None:
+        with self._lock:
+            done = self._final is not None
+        if done:
+            self._release()
+            return
         import ray.exceptions as rex
 
-        description = "killed"
+        verb = "stopped" if method == "stop" else "killed"
+        code: Optional[int] = None
         try:
-            code = self._call("kill", timeout=self._placement.call_timeout)
-            description = "killed, harness %s" % describe_returncode(code)
-        except (rex.RayActorError, rex.GetTimeoutError) as exc:
-            description = "killed (actor did not answer: %s)" % _first_line(exc)
-        self._finish(description)
+            args = () if arg is None else (arg,)
+            code = self._call(method, *args, timeout=call_timeout)
+            description = "%s, harness %s" % (verb, describe_returncode(code))
+        except (rex.RayError, rex.GetTimeoutError) as exc:
+            description = "%s (actor did not answer: %s)" % (verb, _first_line(exc))
+        self._finish(description, code)
 
     def _release(self) -> None:
         """Kill the actor and free its placement group (idempotent)."""
@@ -523,7 +577,7 @@ class RayPlacement:
             refs = [h._actor.stop.remote(timeout) for h in handles]
             ray.wait(refs, num_returns=len(refs), timeout=timeout + self.call_timeout)
             for handle in handles:
-                handle._finish("stopped by close()")
+                handle._finish("stopped by close()", None)
         if self._owns_ray:
             ray.shutdown()
             _LOG.info("RayPlacement: ray.shutdown() done")

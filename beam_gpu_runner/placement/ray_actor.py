@@ -15,11 +15,15 @@ no orphan harness behind.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
@@ -74,6 +78,7 @@ class HarnessStarted:
     harness_pid: int
     gpu_ids: tuple[str, ...]
     resource_env: Mapping[str, str]
+    log_path: Optional[str] = None
 
 
 def describe_returncode(returncode: Optional[int]) -> str:
@@ -96,7 +101,7 @@ def _nvml_lookup(gpu_id: str) -> Optional[tuple[str, str, str]]:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import pynvml  # type: ignore[import-untyped]
+            import pynvml
         pynvml.nvmlInit()
     except Exception:  # noqa: BLE001 - any NVML failure means "no NVML here"
         return None
@@ -157,12 +162,17 @@ class HarnessActor:
     """Ray actor body: owns one SDK harness subprocess.
 
     Wrapped with ``ray.remote`` by ``RayPlacement``; plain class here so that it
-    can be unit-tested without Ray.
+    can be unit-tested without Ray. The harness writes its output to
+    ``<Ray session>/logs/beam-gpu-runner/<worker_id>.log`` on its node (kept
+    with Ray's own logs) and works in a per-worker ``SEMI_PERSISTENT_DIRECTORY``
+    that ``stop``/``kill`` remove.
     """
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
         self._proc: Optional[subprocess.Popen[bytes]] = None
+        self._work_dir: Optional[str] = None
+        self.log_path: Optional[str] = None
 
     def start(self, spec: HarnessSpec) -> HarnessStarted:
         if self._proc is not None:
@@ -178,40 +188,68 @@ class HarnessActor:
             # A CPU-only worker must not see (and grab) GPUs Ray gave to others.
             resource_env["CUDA_VISIBLE_DEVICES"] = ""
         env = harness_env(spec, resource_env, os.environ)
+        self._work_dir = tempfile.mkdtemp(prefix="beam-gpu-runner-%s-" % _safe(self.worker_id))
+        env.setdefault("SEMI_PERSISTENT_DIRECTORY", self._work_dir)
+        self.log_path = os.path.join(_log_dir(self._work_dir), "%s.log" % _safe(self.worker_id))
         argv = list(spec.command) if spec.command else [
             sys.executable, "-m", HARNESS_MODULE]
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCHER, str(os.getpid())] + argv,
-            env=env, stdin=subprocess.DEVNULL)
-        _LOG.info("ray_actor: worker %s started harness pid %d with GPUs %s",
-                  self.worker_id, self._proc.pid, list(gpu_ids))
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _LAUNCHER, str(os.getpid())] + argv,
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self._work_dir)
+        _LOG.info("ray_actor: worker %s started harness pid %d with GPUs %s, log %s",
+                  self.worker_id, self._proc.pid, list(gpu_ids), self.log_path)
         runtime = ray.get_runtime_context()
         return HarnessStarted(
             worker_id=self.worker_id,
             node_id=runtime.get_node_id(),
-            node_ip=ray.util.get_node_ip_address(),
+            node_ip=str(ray.util.get_node_ip_address()),
             actor_pid=os.getpid(),
             harness_pid=self._proc.pid,
             gpu_ids=gpu_ids,
-            resource_env=resource_env)
+            resource_env=resource_env,
+            log_path=self.log_path)
 
     def poll(self) -> Optional[int]:
         """The harness's return code, None while it runs (or before start)."""
         return None if self._proc is None else self._proc.poll()
 
+    def wait(self, timeout: float) -> Optional[int]:
+        """Wait up to ``timeout`` for the harness to end; its code or None."""
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_path:
+            return ""
+        try:
+            with open(self.log_path, "rb") as f:
+                tail = collections.deque(f, maxlen=lines)
+        except OSError:
+            return ""
+        return b"".join(tail).decode("utf-8", "replace")
+
     def stop(self, timeout: float = 5.0) -> Optional[int]:
         """SIGTERM, then SIGKILL after ``timeout``; returns the return code."""
         proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return None if proc is None else proc.returncode
-        proc.terminate()
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _LOG.warning("ray_actor: worker %s harness pid %d ignored SIGTERM for "
-                         "%.1fs; killing it", self.worker_id, proc.pid, timeout)
-            proc.kill()
-            return proc.wait()
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _LOG.warning("ray_actor: worker %s harness pid %d ignored SIGTERM for "
+                             "%.1fs; killing it", self.worker_id, proc.pid, timeout)
+                proc.kill()
+                proc.wait()
+        self._cleanup()
+        return proc.returncode
 
     def kill(self) -> Optional[int]:
         proc = self._proc
@@ -219,4 +257,30 @@ class HarnessActor:
             return None
         if proc.poll() is None:
             proc.kill()
-        return proc.wait()
+        proc.wait()
+        self._cleanup()
+        return proc.returncode
+
+    def _cleanup(self) -> None:
+        if self._work_dir:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+            self._work_dir = None
+
+
+def _safe(worker_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", worker_id)[:100] or "worker"
+
+
+def _log_dir(fallback: str) -> str:
+    """Ray's session log folder on this node (``ray logs`` finds files there)."""
+    try:
+        from ray._private import worker as ray_worker
+
+        node = ray_worker._global_node
+        if node is not None:
+            path = os.path.join(node.get_logs_dir_path(), "beam-gpu-runner")
+            os.makedirs(path, exist_ok=True)
+            return path
+    except Exception:  # noqa: BLE001 - a private API: fall back to the work dir
+        _LOG.debug("ray_actor: no Ray session log folder", exc_info=True)
+    return fallback

@@ -260,8 +260,48 @@ def test_killed_harness_and_killed_actor_are_not_alive(ray_cluster) -> None:
         ray.kill(other._actor, no_restart=True)   # the actor process dies
         _eventually(lambda: not other.is_alive(), 30, "the dead actor to be seen")
         assert other.exit_description().startswith("actor died")
+        assert other.wait(1) == -signal.SIGKILL
+        assert "log on node" in other.log_tail()
         # The harness goes with its actor (PR_SET_PDEATHSIG), no orphan.
         _eventually(lambda: _gone(other.harness_pid), 10, "the orphaned harness to end")
+    finally:
+        placement.close()
+
+
+def test_harness_exit_is_reported_with_its_log_and_frees_the_gpu(ray_cluster) -> None:
+    crash = (sys.executable, "-c",
+             "import os, sys; print('boom from', os.environ['WORKER_ID']); sys.exit(3)")
+    placement = RayPlacement(harness_command=crash)
+    try:
+        worker = placement.start_worker(_launch("ray-w-crash", gpu_count=4))
+        assert worker.wait(20) == 3
+        assert not worker.is_alive()
+        assert worker.exit_description().startswith("harness exit code 3")
+        assert "boom from ray-w-crash" in worker.log_tail()
+        assert worker.started.log_path and worker.started.log_path.endswith(
+            "ray-w-crash.log")
+        # The dead harness's actor no longer holds the 4 GPUs.
+        _eventually(lambda: ray.available_resources().get("GPU") == 4, 10,
+                    "the GPUs to be free again")
+        worker.stop()   # harmless after the end
+    finally:
+        placement.close()
+
+
+def test_wait_times_out_while_running_and_work_dir_is_removed(ray_cluster) -> None:
+    placement = RayPlacement(harness_command=SLEEPER)
+    try:
+        worker = placement.start_worker(_launch("ray-w-wait", gpu_count=1))
+        started = time.monotonic()
+        assert worker.wait(0.5) is None
+        assert 0.4 < time.monotonic() - started < 5
+        work_dir = psutil.Process(worker.harness_pid).environ()["SEMI_PERSISTENT_DIRECTORY"]
+        assert os.path.isdir(work_dir)
+        assert psutil.Process(worker.harness_pid).cwd() == work_dir
+        worker.stop(timeout=5)
+        assert worker.wait(1) == -signal.SIGTERM
+        assert "stopped, harness killed by signal 15" in worker.exit_description()
+        assert not os.path.exists(work_dir)
     finally:
         placement.close()
 

@@ -81,9 +81,16 @@ def server_command(port: int, executor: str, extra: Sequence[str] = ()) -> list[
             "--port", str(port), "--executor", executor, *extra]
 
 
-def start_server_process(executor: str, extra: Sequence[str] = ()) -> ServerProcess:
+def start_server_process(executor: str, extra: Sequence[str] = (),
+                         pythonpath: Sequence[str] = ()) -> ServerProcess:
+    """Start a job server; ``pythonpath`` folders become importable by its
+    jobs' worker processes."""
     port = pick_free_port()
-    proc = subprocess.Popen(server_command(port, executor, extra))
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [*pythonpath, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+    proc = subprocess.Popen(server_command(port, executor, extra), env=env)
     endpoint = "localhost:%d" % port
     try:
         wait_until_serving(endpoint, proc)

@@ -1,0 +1,134 @@
+"""End to end: the job server in one process (``python -m
+beam_gpu_runner.jobservice.main``), PortableRunner clients in this one."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import apache_beam as beam
+import psutil
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.portability import python_urns
+from apache_beam.portability.api import beam_job_api_pb2
+from apache_beam.runners.runner import PipelineResult
+from apache_beam.testing.util import assert_that, equal_to
+
+from .helpers import (
+    CANCELLABLE_TEST_EXECUTOR, STARTUP_LIMIT_S, TEST_EXECUTOR, ServerProcess, final_state,
+    job_stub, start_server_process)
+from .slow_pipeline import BlockUntilReleased, CountAndDouble
+
+pytestmark = pytest.mark.slow
+
+JobState = beam_job_api_pb2.JobState
+_TESTS_ROOT = str(Path(__file__).resolve().parent.parent)
+_SUBPROCESS_WORKER = "%s -m apache_beam.runners.worker.sdk_worker_main" % sys.executable
+
+
+def client_options(endpoint: str, environment: str = "LOOPBACK", **extra: str) -> PipelineOptions:
+    flags = ["--runner=PortableRunner", "--job_endpoint=%s" % endpoint,
+             "--environment_type=%s" % environment]
+    if environment == python_urns.SUBPROCESS_SDK:
+        flags.append("--environment_config=%s" % _SUBPROCESS_WORKER)
+    flags += ["--%s=%s" % kv for kv in extra.items()]
+    return PipelineOptions(flags)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    srv = start_server_process(TEST_EXECUTOR, pythonpath=[_TESTS_ROOT])
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture
+def cancellable_server() -> Iterator[ServerProcess]:
+    srv = start_server_process(CANCELLABLE_TEST_EXECUTOR, pythonpath=[_TESTS_ROOT])
+    yield srv
+    srv.stop()
+
+
+def wait_for_file(path: Path, what: str) -> None:
+    deadline = time.monotonic() + STARTUP_LIMIT_S
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError("%s: %s never appeared" % (what, path))
+        time.sleep(0.1)
+
+
+def only_job_id(endpoint: str) -> str:
+    jobs = job_stub(endpoint).GetJobs(beam_job_api_pb2.GetJobsRequest()).job_info
+    running = [j.job_id for j in jobs if j.state in (JobState.STARTING, JobState.RUNNING)]
+    assert len(running) == 1, jobs
+    job_id: str = running[0]
+    return job_id
+
+
+def test_small_pipeline_done_with_metrics(server: ServerProcess) -> None:
+    p = beam.Pipeline(options=client_options(server.endpoint, job_name="e2e-small"))
+    doubled = p | beam.Create([1, 2, 3, 4]) | beam.ParDo(CountAndDouble())
+    assert_that(doubled, equal_to([2, 4, 6, 8]))
+    result = p.run()
+    assert result.wait_until_finish() == "DONE"
+    counters = result.metrics().query(MetricsFilter().with_name("seen"))["counters"]
+    assert [c.committed for c in counters] == [4]
+
+
+def test_failing_job_does_not_disturb_the_next(server: ServerProcess) -> None:
+    def explode(x: int) -> int:
+        raise ValueError("bad element %d" % x)
+
+    p = beam.Pipeline(options=client_options(server.endpoint, job_name="e2e-fails"))
+    _ = p | beam.Create([1]) | beam.Map(explode)
+    with pytest.raises(Exception, match="bad element 1"):
+        p.run().wait_until_finish()
+    p = beam.Pipeline(options=client_options(server.endpoint, job_name="e2e-after"))
+    assert_that(p | beam.Create([5]) | beam.ParDo(CountAndDouble()), equal_to([10]))
+    assert p.run().wait_until_finish() == "DONE"
+
+
+def start_blocking_job(endpoint: str, tmp_path: Path, environment: str) -> PipelineResult:
+    p = beam.Pipeline(options=client_options(endpoint, environment, job_name="e2e-blocks"))
+    _ = (p | beam.Impulse()
+         | beam.ParDo(BlockUntilReleased(str(tmp_path / "started"), str(tmp_path / "release"))))
+    result: PipelineResult = p.run()
+    wait_for_file(tmp_path / "started", "the blocking DoFn")
+    return result
+
+
+# Workers in this process (LOOPBACK) see their job's connection close.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("environment", ["LOOPBACK", python_urns.SUBPROCESS_SDK])
+def test_cancel_ends_job_and_its_processes(cancellable_server: ServerProcess, tmp_path: Path,
+                                           environment: str) -> None:
+    result = start_blocking_job(cancellable_server.endpoint, tmp_path, environment)
+    job_id = only_job_id(cancellable_server.endpoint)
+    workers = psutil.Process(cancellable_server.proc.pid).children(recursive=True)
+    try:
+        result.cancel()
+        assert final_state(job_stub(cancellable_server.endpoint), job_id) == JobState.CANCELLED
+        _, alive = psutil.wait_procs(workers, timeout=STARTUP_LIMIT_S)
+        assert alive == [], "processes left after cancel: %s" % alive
+        assert psutil.Process(cancellable_server.proc.pid).children(recursive=True) == []
+    finally:
+        (tmp_path / "release").touch()  # frees a LOOPBACK DoFn in this process
+
+
+def test_sigterm_cancels_running_jobs(tmp_path: Path) -> None:
+    srv = start_server_process(CANCELLABLE_TEST_EXECUTOR, pythonpath=[_TESTS_ROOT])
+    try:
+        start_blocking_job(srv.endpoint, tmp_path, python_urns.SUBPROCESS_SDK)
+        workers = psutil.Process(srv.proc.pid).children(recursive=True)
+        assert workers, "the job started no processes"
+        assert srv.stop() == 0
+        _, alive = psutil.wait_procs(workers, timeout=STARTUP_LIMIT_S)
+        assert alive == [], "processes left after SIGTERM: %s" % alive
+    finally:
+        (tmp_path / "release").touch()
+        if srv.proc.poll() is None:
+            srv.proc.kill()

@@ -62,4 +62,7 @@ def parse_known(flag_values: "flags.FlagValues", argv: list[str], usage: str) ->
         print(flag_values.get_help())
         print("\nAll other arguments are passed to Beam's PipelineOptions.")
         raise SystemExit(0)
-    return flag_values(argv, known_only=True)
+    rest = flag_values(argv, known_only=True)
+    # absl's own flags (--verbosity, --logtostderr, ...); app.run wants the
+    # global FLAGS parsed after its flags_parser ran.
+    return flags.FLAGS(rest, known_only=True)

@@ -69,13 +69,14 @@ def _read_bytes(path: str) -> bytes:
 
 def _header(path: str, data: bytes, magic: int, ndims: int) -> tuple[int, ...]:
     need = 4 * (1 + ndims)
+    if len(data) >= 4:
+        found = int(np.frombuffer(data, dtype=">u4", count=1)[0])
+        if found != magic:
+            raise IdxFormatError(path, 0, "magic number %d" % magic, "%d" % found)
     if len(data) < need:
         raise IdxFormatError(path, len(data), "a %d-byte IDX header" % need,
                              "end of file after %d bytes" % len(data))
     fields = np.frombuffer(data, dtype=">u4", count=1 + ndims)
-    if int(fields[0]) != magic:
-        raise IdxFormatError(path, 0, "magic number %d" % magic,
-                             "%d" % int(fields[0]))
     return tuple(int(v) for v in fields[1:])
 
 

@@ -133,6 +133,7 @@ class _ReplayFn(beam.DoFn, RestrictionProvider):
     ) -> Iterator[TimestampedValue]:
         config = self._config
         k = int(tracker.current_restriction().start)
+        first = k
         call_started = time.time()
         while True:
             now = time.time()
@@ -140,8 +141,8 @@ class _ReplayFn(beam.DoFn, RestrictionProvider):
             if wait > 0:
                 tracker.defer_remainder(Duration.of(wait))
                 return
-            if now - call_started > config.max_call_seconds:
-                tracker.defer_remainder()
+            if k > first and now - call_started > config.max_call_seconds:
+                tracker.defer_remainder()  # at least one batch per call: progress
                 return
             if not tracker.try_claim(k):
                 return

@@ -1,0 +1,41 @@
+"""Fixtures of the MNIST pipeline tests.
+
+Pipelines here run on ``FnApiRunner``: the in-memory engine that Beam's
+DirectRunner uses for batch pipelines, named directly so that DirectRunner
+does not first try to download and start Prism. It runs DoFns in this process,
+so monkeypatched environment variables reach them.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from beam_gpu_runner.transforms import bundled
+from beam_gpu_runner.transforms.idx import MnistData, read_mnist_cached
+
+
+@pytest.fixture(scope="session")
+def beam_runner() -> str:
+    return "FnApiRunner"
+
+
+@pytest.fixture(scope="session")
+def test_set() -> MnistData:
+    return read_mnist_cached(bundled.test_images_path(), bundled.test_labels_path())
+
+
+@pytest.fixture(scope="session")
+def reference_model() -> str:
+    path = bundled.reference_model_path()
+    if not os.path.exists(path):
+        pytest.skip("no source checkout: %s is missing" % path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_predictions(test_set: MnistData, reference_model: str) -> np.ndarray:
+    """The reference model's predictions, computed with numpy in float64."""
+    weights = np.load(reference_model)["W"].astype(np.float64)
+    return np.argmax(test_set.images.astype(np.float64) @ weights, axis=1)

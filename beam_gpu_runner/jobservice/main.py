@@ -110,6 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    # force: importing Beam may already have configured the root logger.
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True)
     sys.exit(main())

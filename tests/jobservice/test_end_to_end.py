@@ -2,7 +2,7 @@
 beam_gpu_runner.jobservice.main``), PortableRunner clients in this one."""
 from __future__ import annotations
 
-import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -132,3 +132,25 @@ def test_sigterm_cancels_running_jobs(tmp_path: Path) -> None:
         (tmp_path / "release").touch()
         if srv.proc.poll() is None:
             srv.proc.kill()
+
+
+def test_submit_mnist_example(server: ServerProcess, tmp_path: Path) -> None:
+    """The example client, in a process of its own, against the server."""
+    out = subprocess.run(
+        [sys.executable, "-m", "beam_gpu_runner.pipelines.submit_mnist",
+         "--job_endpoint=%s" % server.endpoint, "--num_images=300", "--rate=0",
+         "--output=%s" % (tmp_path / "predictions"), "--accelerator="],
+        capture_output=True, text=True, timeout=STARTUP_LIMIT_S * 3)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Job state changed to DONE" in out.stderr
+    assert "summary: 300 images" in out.stderr  # counters came back from the server
+    assert any((tmp_path / "predictions").iterdir())
+
+
+def test_submit_mnist_argv() -> None:
+    from beam_gpu_runner.pipelines.submit_mnist import portable_argv
+    assert portable_argv(["--job_endpoint=h:1", "--rate=0"]) == [
+        "--runner=PortableRunner", "--job_endpoint=h:1", "--environment_type=LOOPBACK",
+        "--rate=0"]
+    with pytest.raises(SystemExit, match="--runner"):
+        portable_argv(["--runner=DirectRunner"])

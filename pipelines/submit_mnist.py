@@ -1,0 +1,52 @@
+"""Submit the streaming MNIST pipeline to a running job server.
+
+    beam-gpu-runner job-server --port 8099 &
+    python -m beam_gpu_runner.pipelines.submit_mnist --job_endpoint=localhost:8099 \
+        [--environment_type=LOOPBACK] [mnist_streaming flags, e.g. --num_images=2000 --rate=0]
+
+This is Beam's portable submission: ``--runner=PortableRunner
+--job_endpoint=HOST:PORT``. Every other argument goes to
+``python -m beam_gpu_runner.pipelines.mnist_streaming`` unchanged (see its
+``--help``), so this example depends only on that module's command line.
+With ``--environment_type=LOOPBACK`` (the default here) unhinted user code
+runs in this process; the GPU-hinted classification stage runs on the job
+server's own GPU workers.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+_LOG = logging.getLogger(__name__)
+
+PIPELINE_MODULE = "beam_gpu_runner.pipelines.mnist_streaming"
+
+
+def portable_argv(argv: Sequence[str]) -> list[str]:
+    """The pipeline's argv (without argv[0]) for submission to a job server."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--job_endpoint", default="localhost:8099")
+    parser.add_argument("--environment_type", default="LOOPBACK")
+    known, rest = parser.parse_known_args(list(argv))
+    if any(a == "--runner" or a.startswith("--runner=") for a in rest):
+        raise SystemExit("submit_mnist: --runner is always PortableRunner here; "
+                         "drop --runner from %s" % " ".join(rest))
+    return ["--runner=PortableRunner", "--job_endpoint=%s" % known.job_endpoint,
+            "--environment_type=%s" % known.environment_type, *rest]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = list(sys.argv if argv is None else argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pipeline_argv = [args[0] if args else "submit_mnist", *portable_argv(args[1:])]
+    _LOG.info("submit_mnist: %s %s", PIPELINE_MODULE, " ".join(pipeline_argv[1:]))
+    # Imported lazily: the example only needs the module's documented main().
+    importlib.import_module(PIPELINE_MODULE).main(pipeline_argv)
+
+
+if __name__ == "__main__":
+    main()

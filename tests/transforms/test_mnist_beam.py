@@ -137,7 +137,8 @@ def test_classify_rejects_bad_batch_size(reference_model: str) -> None:
 
 def test_run_inference(beam_runner: str, reference_model: str,
                        reference_predictions: np.ndarray) -> None:
-    handler = KeyedModelHandler(JaxMnistModelHandler(reference_model, batch_size=64))
+    handler: KeyedModelHandler[Any, Any, Any, Any] = KeyedModelHandler(
+        JaxMnistModelHandler(reference_model, batch_size=64))
     p = _pipeline(beam_runner)
     out = (p | ReadMnistImages(limit=300)
            | beam.Map(lambda im: (im.index, im.image))

@@ -63,7 +63,8 @@ def test_rate_limit_defers_the_remainder() -> None:
     fn = _ReplayFn(_config(batch_size=10, num_images=100, rate=10.0))  # 1 batch per s
     out, tracker = _run_process(fn, time.time(), OffsetRange(0, 10))
     assert [tv.value.start for tv in out] == [0]  # batch 1 is due a second later
-    residual, delay = tracker.deferred_status()
+    status: Any = tracker.deferred_status()
+    residual, delay = status
     assert residual == OffsetRange(1, 10)
     assert 0 < delay.micros <= 1_000_000
 
@@ -76,7 +77,8 @@ def test_endless_replay_checkpoints_and_loops(test_set: MnistData) -> None:
     batch: ImageBatch = out[0].value
     assert batch.start == 10000  # sequence number 10000 is test image 0 again
     np.testing.assert_array_equal(batch.labels, test_set.labels[:1000])
-    residual, _ = tracker.deferred_status()
+    status: Any = tracker.deferred_status()
+    residual, _ = status
     assert residual == OffsetRange(11, ENDLESS_BATCHES)
 
 
@@ -86,7 +88,7 @@ def test_endless_replay_is_unbounded() -> None:
     assert (beam.Pipeline() | ReplayMnist(num_images=10)).is_bounded
 
 
-def _replay(runner: str, **kw: Any) -> beam.PCollection:
+def _replay(runner: str, **kw: Any) -> tuple[beam.Pipeline, beam.PCollection]:
     p = beam.Pipeline(options=PipelineOptions(["--runner=%s" % runner]))
     return p, p | ReplayMnist(**kw)
 

@@ -266,7 +266,14 @@ class Job:
         try:
             result = launch()
         except Exception:  # the executor refused or crashed
-            self._fail("could not start job %s" % self.job_id)
+            with self._cond:
+                cancelled = self._cancel_requested
+            if cancelled:
+                _LOGGER.info("Job %s was cancelled while starting; its start "
+                             "raised", self.job_id, exc_info=True)
+                self._try_set_state(JobState.CANCELLED)
+            else:
+                self._fail("could not start job %s" % self.job_id)
             return
         with self._cond:
             self._result = result

@@ -184,3 +184,18 @@ def test_errors_pickle() -> None:
     error = InvalidTransitionError("j9", JobState.DONE, JobState.CANCELLED)
     copy = pickle.loads(pickle.dumps(error))
     assert str(copy) == str(error) and copy.job_id == "j9"
+
+
+def test_cancel_while_start_raises_ends_cancelled() -> None:
+    job = new_job()
+    gate = threading.Event()
+
+    def launch() -> FakeResult:
+        gate.wait()
+        raise RuntimeError("interrupted start")
+
+    job.start(launch)
+    assert job.cancel() == JobState.CANCELLING
+    gate.set()
+    job.wait_until_terminal()
+    assert job.state == JobState.CANCELLED

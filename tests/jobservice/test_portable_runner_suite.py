@@ -13,6 +13,11 @@ from typing import Any, Optional
 
 import pytest
 from apache_beam.options.pipeline_options import PortableOptions
+
+# Beam's fn_runner_test (imported by portable_runner_test) needs these.
+for _module in ("hamcrest", "tenacity"):
+    pytest.importorskip(_module, reason="Beam's PortableRunnerTest needs %s: pip install "
+                        "PyHamcrest tenacity (add them to setup.py's [test] extra)" % _module)
 from apache_beam.runners.portability import portable_runner_test as beam_suite
 
 from .helpers import TEST_EXECUTOR, ServerProcess, server_command, start_server_process

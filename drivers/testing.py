@@ -27,7 +27,7 @@ DEFAULT_DEVICE_NAME = "NVIDIA H100 80GB HBM3"
 _KEY = "external-resource.<name>.param."
 
 
-def testing_uuid(index: int) -> str:
+def fake_uuid(index: int) -> str:
     """The fake UUID of testing device ``index`` (stable across processes)."""
     return "GPU-testing-0000-0000-0000-%012d" % index
 
@@ -62,7 +62,7 @@ class TestingDriver:
 
     def _info(self, index: int) -> ResourceInfo:
         props: dict[str, object] = {
-            "index": index, "uuid": testing_uuid(index), "name": self.device_name}
+            "index": index, "uuid": fake_uuid(index), "name": self.device_name}
         if self.memory_bytes is not None:
             props["memory-total"] = self.memory_bytes
         return ResourceInfo.from_mapping(props)

@@ -10,14 +10,14 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from apache_beam.portability.common_urns import resource_hints as _urns
-
 from beam_gpu_runner.resources.requirements import StageRequirements
 
-ACCELERATOR_URN: str = _urns.ACCELERATOR.urn
-MIN_RAM_URN: str = _urns.MIN_RAM_BYTES.urn
-CPU_COUNT_URN: str = _urns.CPU_COUNT.urn
-MAX_ACTIVE_BUNDLES_URN: str = _urns.MAX_ACTIVE_BUNDLES_PER_WORKER.urn
+# Beam's urns (apache_beam.portability.common_urns.resource_hints; a test checks
+# they agree), spelled out so that the allocator does not import Beam.
+ACCELERATOR_URN = "beam:resources:accelerator:v1"
+MIN_RAM_URN = "beam:resources:min_ram_bytes:v1"
+CPU_COUNT_URN = "beam:resources:cpu_count:v1"
+MAX_ACTIVE_BUNDLES_URN = "beam:resources:max_active_bundles_per_worker:v1"
 
 #: urn -> the name used in ``with_resource_hints(...)``.
 HINT_NAMES = {

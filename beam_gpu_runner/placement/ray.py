@@ -112,7 +112,10 @@ class RayRequest:
     """What one worker asks of Ray, derived from ``StageRequirements``."""
 
     num_gpus: float
-    num_cpus: float
+    #: A stage's cpu_count reserves cores; otherwise ``default_num_cpus`` (0:
+    #: idle pooled harnesses must not starve other stages' workers of CPUs;
+    #: Ray's own default would hold 1 CPU per GPU actor). None: Ray's default.
+    num_cpus: Optional[float]
     memory: Optional[int]
     accelerator_type: Optional[str]     # Ray's label, e.g. "H100"
 
@@ -123,7 +126,7 @@ class RayRequest:
     def resources(self) -> dict[str, float]:
         """Ray resource names and amounts (as in ``ray.cluster_resources()``)."""
         res: dict[str, float] = {}
-        if self.num_cpus > 0:
+        if self.num_cpus:
             res["CPU"] = self.num_cpus
         if self.num_gpus > 0:
             res["GPU"] = self.num_gpus
@@ -134,12 +137,14 @@ class RayRequest:
         return res
 
     def describe(self) -> str:
-        return "num_gpus=%g, num_cpus=%g, memory=%s, accelerator_type=%s%s" % (
-            self.num_gpus, self.num_cpus, self.memory, self.accelerator_type,
+        return "num_gpus=%g, num_cpus=%s, memory=%s, accelerator_type=%s%s" % (
+            self.num_gpus,
+            "default" if self.num_cpus is None else "%g" % self.num_cpus,
+            self.memory, self.accelerator_type,
             ", STRICT_PACK placement group" if self.uses_placement_group else "")
 
     @classmethod
-    def of(cls, requirements: StageRequirements, default_num_cpus: float,
+    def of(cls, requirements: StageRequirements, default_num_cpus: Optional[float],
            accelerator_overrides: Optional[Mapping[str, str]] = None) -> "RayRequest":
         gpus = requirements.gpu_count
         if gpus < 0 or math.isnan(gpus):
@@ -148,8 +153,8 @@ class RayRequest:
         num_gpus = float(requirements.whole_devices) if gpus >= 1 else float(gpus)
         return cls(
             num_gpus=num_gpus,
-            num_cpus=float(requirements.cpu_count
-                           if requirements.cpu_count is not None else default_num_cpus),
+            num_cpus=(float(requirements.cpu_count) if requirements.cpu_count is not None
+                      else None if default_num_cpus is None else float(default_num_cpus)),
             memory=requirements.min_ram_bytes or None,
             accelerator_type=(
                 ray_accelerator_type(requirements.accelerator_type, accelerator_overrides)
@@ -352,7 +357,7 @@ class RayPlacement:
         *,
         start_timeout: float = 60.0,
         call_timeout: float = 10.0,
-        default_num_cpus: float = 1.0,
+        default_num_cpus: Optional[float] = 0.0,
         fail_fast_infeasible: bool = True,
         accelerator_types: Optional[Mapping[str, str]] = None,
         runtime_env: Optional[Mapping[str, Any]] = None,
@@ -429,10 +434,9 @@ class RayPlacement:
         pg: Any = None
         actor: Any = None
         try:
-            options: dict[str, Any] = {
-                "num_cpus": request.num_cpus,
-                "num_gpus": request.num_gpus,
-            }
+            options: dict[str, Any] = {"num_gpus": request.num_gpus}
+            if request.num_cpus is not None:
+                options["num_cpus"] = request.num_cpus
             if request.memory:
                 options["memory"] = request.memory
             if self.runtime_env:
@@ -447,6 +451,8 @@ class RayPlacement:
                                       "ready within %gs" % self.start_timeout) from None
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=pg, placement_group_bundle_index=0)
+                # Inside the bundle the actor asks only for what the bundle holds.
+                options["num_cpus"] = request.num_cpus or 0
             elif request.accelerator_type:
                 options["accelerator_type"] = request.accelerator_type
             actor = self._actor_class.options(**options).remote(launch.worker_id)

@@ -164,8 +164,9 @@ class HarnessActor:
     Wrapped with ``ray.remote`` by ``RayPlacement``; plain class here so that it
     can be unit-tested without Ray. The harness writes its output to
     ``<Ray session>/logs/beam-gpu-runner/<worker_id>.log`` on its node (kept
-    with Ray's own logs) and works in a per-worker ``SEMI_PERSISTENT_DIRECTORY``
-    that ``stop``/``kill`` remove.
+    with Ray's own logs), runs in the actor's working directory (a
+    ``runtime_env`` working_dir, if any) and gets a per-worker
+    ``SEMI_PERSISTENT_DIRECTORY`` that ``stop``/``kill`` remove.
     """
 
     def __init__(self, worker_id: str) -> None:
@@ -196,8 +197,7 @@ class HarnessActor:
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", _LAUNCHER, str(os.getpid())] + argv,
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self._work_dir)
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         _LOG.info("ray_actor: worker %s started harness pid %d with GPUs %s, log %s",
                   self.worker_id, self._proc.pid, list(gpu_ids), self.log_path)
         runtime = ray.get_runtime_context()

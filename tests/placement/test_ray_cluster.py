@@ -81,7 +81,7 @@ def _gone(pid: int) -> bool:
 
 def test_multi_gpu_workers_pack_on_one_node_and_use_both_nodes(two_nodes: Cluster) -> None:
     placement = RayPlacement(address=two_nodes.address, harness_command=SLEEPER,
-                             start_timeout=20, default_num_cpus=0)
+                             start_timeout=20)
     try:
         started = time.monotonic()
         first = placement.start_worker(_launch("ray-c-first", gpu_count=2))

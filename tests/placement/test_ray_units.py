@@ -57,6 +57,9 @@ def test_requests_from_requirements() -> None:
     odd = RayRequest.of(StageRequirements(gpu_count=1.5), 0.0)
     assert odd.num_gpus == 2.0 and odd.uses_placement_group
     assert odd.resources() == {"GPU": 2.0}
+    default = RayRequest.of(StageRequirements(gpu_count=1), None)
+    assert default.num_cpus is None and default.resources() == {"GPU": 1.0}
+    assert "num_cpus=default" in default.describe()
     cpu_only = RayRequest.of(StageRequirements(accelerator_type="nvidia-h100"), 1.0)
     assert cpu_only.accelerator_type is None and cpu_only.num_gpus == 0
 

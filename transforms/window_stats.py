@@ -8,6 +8,8 @@ from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
 
+import beam_gpu_runner
+
 from beam_gpu_runner.transforms.batch import BatchPredictions
 
 _LOG = logging.getLogger(__name__)
@@ -86,15 +88,19 @@ class _StampWindow(beam.DoFn):
 
 def _report(stats: WindowStats) -> WindowStats:
     line = stats.line()
-    _LOG.debug("%s", line)
-    print(line, file=sys.stderr, flush=True)
+    if beam_gpu_runner.runtime_context().worker_id is not None:
+        # In a GpuRunner worker process: the runner relays logging, not stdio.
+        _LOG.info("%s", line)
+    else:
+        print(line, file=sys.stderr, flush=True)
     return stats
 
 
 class WindowedStats(beam.PTransform):
     """Windowed BatchPredictions -> one WindowStats per window, printed as it fires.
 
-    The progress line goes to stderr (stdout may carry the predictions).
+    The progress line goes to stderr (stdout may carry the predictions); inside
+    a GpuRunner worker it is logged at INFO instead, which the runner relays.
     """
 
     def __init__(self, report: bool = True) -> None:

@@ -11,11 +11,12 @@ predictions go to stdout (``--output=-``) or to one CSV file per bundle in a
 folder. Arguments absl does not know are handed to Beam's PipelineOptions.
 
 The classification stage carries the resource hint ``accelerator=<--accelerator>``.
-The default ``type:nvidia;count:1`` means "any one NVIDIA GPU": GpuRunner
-matches the type's dash-separated words against the device name's words
-(``nvidia-h100`` matches "NVIDIA H100 80GB HBM3", ``nvidia`` matches every
-NVIDIA device). Other runners (DirectRunner) ignore hints. ``--accelerator=``
-(empty) drops the hint.
+The default ``type:nvidia;count:1`` says "one GPU, any NVIDIA model": the type
+names the vendor and no model, in Beam's ``type:nvidia-<model>`` spelling
+(``type:nvidia-h100;count:1`` would pin the model; GpuRunner matches the
+type's words against the device name's words). ``--accelerator=count:1`` (no
+type) asks GpuRunner for any GPU at all; ``--accelerator=`` (empty) drops the
+hint. Other runners (DirectRunner) ignore hints.
 """
 from __future__ import annotations
 

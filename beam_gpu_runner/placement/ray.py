@@ -477,6 +477,9 @@ class RayPlacement:
             except rex.RayTaskError as exc:
                 raise self._error(launch, request, "its actor failed to start the "
                                   "harness: %s" % _first_line(exc)) from exc
+            except rex.RayError as exc:   # runtime_env setup and the like
+                raise self._error(launch, request, "Ray could not create its actor: "
+                                  "%s: %s" % (type(exc).__name__, _first_line(exc))) from exc
         except BaseException:
             if actor is not None:
                 _kill_quietly(actor)
@@ -535,7 +538,7 @@ class RayPlacement:
             free = _format_resources(ray.available_resources())
             accelerators = sorted(
                 key[len(_ACCELERATOR_PREFIX):] for key in ray.cluster_resources()
-                if key.startswith(_ACCELERATOR_PREFIX))
+                if key.startswith(_ACCELERATOR_PREFIX) and "_group_" not in key)
         except Exception as exc:  # noqa: BLE001 - the error must still be raised
             total = free = "unknown (%s)" % exc
             accelerators = []

@@ -180,7 +180,7 @@ def test_two_workers_get_distinct_gpus_in_their_env(ray_cluster) -> None:
         placement.close()
 
 
-def test_fractional_and_cpu_only_workers(ray_cluster) -> None:
+def test_fractional_cpu_only_and_multi_gpu_workers(ray_cluster) -> None:
     placement = RayPlacement(harness_command=SLEEPER)
     try:
         halves = [placement.start_worker(_launch("ray-w-half-%d" % i, gpu_count=0.5))
@@ -195,6 +195,12 @@ def test_fractional_and_cpu_only_workers(ray_cluster) -> None:
         assert cpu.gpu_ids == ()
         assert env["CUDA_VISIBLE_DEVICES"] == ""
         assert runtime_context.from_env(env).gpus() == []
+        pair = placement.start_worker(_launch("ray-w-pair", gpu_count=2,
+                                              accelerator_type="nvidia-h100"))
+        assert pair.request.uses_placement_group
+        assert len(set(pair.gpu_ids)) == 2
+        env = psutil.Process(pair.harness_pid).environ()
+        assert env["CUDA_VISIBLE_DEVICES"] == ",".join(sorted(pair.gpu_ids, key=int))
     finally:
         placement.close()
 

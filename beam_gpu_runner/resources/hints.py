@@ -151,7 +151,8 @@ def accelerator_matches(accelerator_type: Optional[str], device_name: Optional[s
     "Tesla T4", and ``nvidia-l4`` does not match "NVIDIA L40S". A memory token
     (``nvidia-a100-80gb``) must equal the name's; when the name has none (e.g.
     "NVIDIA H200") it is checked against ``memory_bytes`` (at least 90% of the
-    decimal size), or accepted when that is unknown. No type matches anything;
+    decimal size), or accepted when that is unknown. No type, or a vendor-only
+    type (``nvidia``, ``nvidia-gpu``), matches any named device the GPU driver found;
     a device without a name matches only no type.
     """
     if not accelerator_type:
@@ -159,6 +160,11 @@ def accelerator_matches(accelerator_type: Optional[str], device_name: Optional[s
     if not device_name:
         return False
     wanted = [t for t in _tokens(accelerator_type) if t not in _NON_MODEL_TOKENS]
+    if not wanted:
+        # A vendor-only type ("nvidia", "nvidia-gpu") asks for any device the
+        # GPU driver found: NVML only reports NVIDIA devices, and their names
+        # do not always say "NVIDIA" ("Tesla T4").
+        return bool(_tokens(accelerator_type))
     have = set(_tokens(device_name))
     name_memory = {t for t in have if _MEMORY_TOKEN.match(t)}
     for token in wanted:
@@ -169,4 +175,4 @@ def accelerator_matches(accelerator_type: Optional[str], device_name: Optional[s
             continue
         if token not in have:
             return False
-    return bool(wanted)
+    return True

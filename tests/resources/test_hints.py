@@ -119,7 +119,6 @@ def test_type_matches(accel: str, name: str) -> None:
     ("nvidia-tesla-t4", "NVIDIA L4"),
     ("nvidia-tesla-v100", "Tesla P100-PCIE-16GB"),
     ("nvidia-h100", None),
-    ("nvidia", "NVIDIA H100 80GB HBM3"),     # a vendor is not a type
 ])
 def test_type_does_not_match(accel: str, name: str | None) -> None:
     assert not accelerator_matches(accel, name)
@@ -130,6 +129,14 @@ def test_memory_token_checked_against_memory_when_name_has_none() -> None:
     assert accelerator_matches("nvidia-h200-141gb", "NVIDIA H200", h200)
     assert accelerator_matches("nvidia-h200-141gb", "NVIDIA H200", None)
     assert not accelerator_matches("nvidia-h200-141gb", "NVIDIA H200", 80 * 10**9)
+
+
+@pytest.mark.parametrize("accel", ["nvidia", "nvidia-gpu", "NVIDIA"])
+def test_vendor_only_type_matches_any_gpu_the_driver_found(accel: str) -> None:
+    # NVML reports only NVIDIA devices, and some names lack the word ("Tesla T4").
+    assert accelerator_matches(accel, "NVIDIA H100 80GB HBM3")
+    assert accelerator_matches(accel, "Tesla T4")
+    assert not accelerator_matches(accel, None)
 
 
 def test_no_type_matches_any_device() -> None:

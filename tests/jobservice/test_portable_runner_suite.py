@@ -7,7 +7,6 @@ test process, as a remote client's would.
 """
 from __future__ import annotations
 
-import logging
 import unittest
 from typing import Any, Optional
 
@@ -21,8 +20,6 @@ for _module in ("hamcrest", "tenacity"):
 from apache_beam.runners.portability import portable_runner_test as beam_suite
 
 from .helpers import TEST_EXECUTOR, ServerProcess, server_command, start_server_process
-
-_LOGGER = logging.getLogger(__name__)
 
 # Tests skipped here, beyond those Beam's PortableRunnerTest itself skips, and why.
 # Beam's own PortableRunnerTest skips these two by class name, so a subclass

@@ -16,11 +16,11 @@ import heapq
 import itertools
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Hashable, Optional
 
 from beam_gpu_runner.engine.events import (
     Bundle, BundleFailed, BundleSucceeded, Event, Instruction, JobFailed,
-    JobFinished, Payload, RunBundle, Tick, TimerBatch)
+    JobFinished, Payload, RunBundle, Tick, TimerUpdate, WindowedPayload)
 from beam_gpu_runner.engine.graph import InputKind, StageGraph, StageSpec
 from beam_gpu_runner.engine.timestamps import (
     MAX_TIMESTAMP, MIN_TIMESTAMP, Clock, Micros, fmt)
@@ -30,8 +30,16 @@ _LOG = logging.getLogger(__name__)
 
 @dataclass
 class _PendingTimer:
-    batch: TimerBatch
+    update: TimerUpdate
     processing_time: bool
+
+
+@dataclass(frozen=True)
+class _Held:
+    transform: str
+    payload: Payload
+    release_at: Micros
+    hold: Micros
 
 
 @dataclass
@@ -40,27 +48,27 @@ class _StageState:
     ready: collections.deque[Bundle] = field(default_factory=collections.deque)
     #: (ready_at, seq, bundle): work that must wait for processing time
     delayed: list[tuple[float, int, Bundle]] = field(default_factory=list)
-    #: BARRIER inputs held until the input watermark passes
-    barrier: dict[str, list[Payload]] = field(default_factory=dict)
-    timers: list[_PendingTimer] = field(default_factory=list)
+    #: BARRIER inputs held until the input watermark passes their release time
+    barrier: list["_Held"] = field(default_factory=list)
+    #: (family, key) -> the timer's latest setting
+    timers: dict[tuple[str, Hashable], _PendingTimer] = field(default_factory=dict)
     in_flight: dict[str, Bundle] = field(default_factory=dict)
     output_watermark: Micros = MIN_TIMESTAMP
 
     def has_data_work(self) -> bool:
-        return bool(self.ready or self.delayed or any(self.barrier.values())
+        return bool(self.ready or self.delayed or self.barrier
                     or any(b.inputs for b in self.in_flight.values()))
 
     def idle(self) -> bool:
-        return not (self.ready or self.delayed or any(self.barrier.values())
+        return not (self.ready or self.delayed or self.barrier
                     or self.timers or self.in_flight)
 
     def hold(self) -> Micros:
         holds = [b.hold for b in self.ready]
         holds += [b.hold for _, _, b in self.delayed]
         holds += [b.hold for b in self.in_flight.values()]
-        holds += [t.batch.hold for t in self.timers]
-        if any(self.barrier.values()):
-            holds.append(MIN_TIMESTAMP)
+        holds += [t.update.hold for t in self.timers.values()]
+        holds += [h.hold for h in self.barrier]
         return min(holds, default=MAX_TIMESTAMP)
 
 
@@ -123,8 +131,8 @@ class ElementManager:
     def next_wakeup(self) -> Optional[float]:
         """Processing time of the next delayed bundle or timer, if any."""
         times = [t for s in self._stages.values() for t, _, _ in s.delayed[:1]]
-        times += [t.batch.fire_at / 1e6 for s in self._stages.values()
-                  for t in s.timers if t.processing_time]
+        times += [t.update.fire_at / 1e6 for s in self._stages.values()
+                  for t in s.timers.values() if t.processing_time]
         return min(times, default=None)
 
     def describe(self) -> str:
@@ -135,7 +143,7 @@ class ElementManager:
                 "in_flight=%d" % (
                     s.spec.name, fmt(self._input_watermark(s.spec)),
                     fmt(s.output_watermark), len(s.ready), len(s.delayed),
-                    sum(len(v) for v in s.barrier.values()), len(s.timers),
+                    len(s.barrier), len(s.timers),
                     len(s.in_flight)))
         return "\n".join(lines)
 
@@ -144,12 +152,14 @@ class ElementManager:
     def _on_success(self, event: BundleSucceeded) -> None:
         bundle = self._pop_in_flight(event.bundle_id, "BundleSucceeded")
         state = self._stages[bundle.stage]
+        # Computed while the bundle ran, this bounds what it produced from below.
+        produced_hold = state.output_watermark
         for buffer, payloads in event.produced.items():
             payloads = tuple(p for p in payloads if p is not None)
             if not payloads:
                 continue
             for consumer, transform in self._graph.consumers.get(buffer, ()):
-                self._deliver(consumer, transform, payloads)
+                self._deliver(consumer, transform, payloads, produced_hold)
         if event.residuals:
             residual = self._new_bundle(
                 bundle.stage, dict(event.residuals), event.residual_hold)
@@ -158,23 +168,30 @@ class ElementManager:
                                (event.resume_at, next(self._seq), residual))
             else:
                 state.ready.append(residual)
-        for batch in event.timers:
-            key = (bundle.stage, batch.family)
-            if key not in self._timer_kind:
+        for update in event.timers:
+            kind = (bundle.stage, update.family)
+            if kind not in self._timer_kind:
                 raise ValueError(
                     "BundleSucceeded: stage %r set timers of undeclared family %r"
-                    % (bundle.stage, batch.family))
-            state.timers.append(_PendingTimer(batch, self._timer_kind[key]))
+                    % (bundle.stage, update.family))
+            if update.payload is None:
+                state.timers.pop((update.family, update.key), None)
+            else:
+                state.timers[(update.family, update.key)] = _PendingTimer(
+                    update, self._timer_kind[kind])
 
-    def _deliver(self, stage: str, transform: str, payloads: tuple[Payload, ...]) -> None:
+    def _deliver(self, stage: str, transform: str, payloads: tuple[Payload, ...],
+                 hold: Micros) -> None:
         state = self._stages[stage]
         spec = next(i for i in state.spec.inputs if i.transform == transform)
-        if spec.kind is InputKind.BARRIER or state.spec.stateful:
-            state.barrier.setdefault(transform, []).extend(payloads)
-        else:
-            for payload in payloads:
-                state.ready.append(
-                    self._new_bundle(stage, {transform: (payload,)}, MIN_TIMESTAMP))
+        for payload in payloads:
+            release_at = MAX_TIMESTAMP
+            if isinstance(payload, WindowedPayload):
+                payload, release_at = payload.payload, payload.release_at
+            if spec.kind is InputKind.BARRIER:
+                state.barrier.append(_Held(transform, payload, release_at, hold))
+            else:
+                state.ready.append(self._new_bundle(stage, {transform: (payload,)}, hold))
 
     def _on_failure(self, event: BundleFailed) -> Optional[JobFailed]:
         bundle = self._pop_in_flight(event.bundle_id, "BundleFailed")
@@ -186,8 +203,8 @@ class ElementManager:
                 replace(bundle, attempt=bundle.attempt + 1))
             return None
         if event.retriable:
-            error = ("stage %s: bundle %s failed %d times (max_bundle_attempts=%d); "
-                     "last error: %s" % (bundle.stage, bundle.id, bundle.attempt,
+            error = ("bundle %s failed %d times (max_bundle_attempts=%d); "
+                     "last error: %s" % (bundle.id, bundle.attempt,
                                          self._max_attempts, event.error))
         else:
             error = event.error
@@ -228,29 +245,34 @@ class ElementManager:
         in_wm = self._input_watermark(spec)
         while state.delayed and state.delayed[0][0] <= now:
             state.ready.append(heapq.heappop(state.delayed)[2])
-        if any(state.barrier.values()) and in_wm >= MAX_TIMESTAMP:
-            inputs = {t: tuple(p) for t, p in state.barrier.items() if p}
-            state.barrier.clear()
-            state.ready.append(self._new_bundle(spec.name, inputs, MIN_TIMESTAMP))
+        released = [h for h in state.barrier if h.release_at <= in_wm]
+        if released:
+            state.barrier = [h for h in state.barrier if h.release_at > in_wm]
+            inputs: dict[str, list[Payload]] = {}
+            for held in released:
+                inputs.setdefault(held.transform, []).append(held.payload)
+            state.ready.append(self._new_bundle(
+                spec.name, {t: tuple(p) for t, p in inputs.items()},
+                min(h.hold for h in released)))
         if not state.timers:
             return
         data_pending = state.has_data_work()
-        due: list[_PendingTimer] = []
-        keep: list[_PendingTimer] = []
-        for timer in state.timers:
+        due: list[tuple[str, Hashable]] = []
+        for key, timer in state.timers.items():
             if timer.processing_time:
-                fire = timer.batch.fire_at / 1e6 <= now
+                fire = timer.update.fire_at / 1e6 <= now
             else:
-                fire = not data_pending and in_wm >= timer.batch.fire_at
-            (due if fire else keep).append(timer)
+                fire = not data_pending and in_wm >= timer.update.fire_at
+            if fire:
+                due.append(key)
         if not due:
             return
-        state.timers = keep
+        fired = [state.timers.pop(key) for key in due]
         timers: dict[str, list[Payload]] = {}
-        for timer in due:
-            timers.setdefault(timer.batch.family, []).append(timer.batch.payload)
+        for timer in fired:
+            timers.setdefault(timer.update.family, []).append(timer.update.payload)
         state.ready.append(self._new_bundle(
-            spec.name, {}, min(t.batch.hold for t in due),
+            spec.name, {}, min(t.update.hold for t in fired),
             timers={k: tuple(v) for k, v in timers.items()}))
 
     def _dispatch(self, state: _StageState) -> list[Instruction]:
@@ -299,7 +321,7 @@ class ElementManager:
     def _new_bundle(self, stage: str, inputs: dict[str, tuple[Payload, ...]],
                     hold: Micros, timers: Optional[dict[str, tuple[Payload, ...]]] = None
                     ) -> Bundle:
-        return Bundle(id="%s#%d" % (stage, next(self._ids)), stage=stage,
+        return Bundle(id="b%d" % next(self._ids), stage=stage,
                       inputs=inputs, timers=timers or {}, hold=hold)
 
     def _state(self, stage: str, what: str) -> _StageState:

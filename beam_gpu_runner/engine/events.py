@@ -6,7 +6,7 @@ buffers there, tests put strings.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Hashable, Mapping, Optional, Union
 
 from beam_gpu_runner.engine.timestamps import MIN_TIMESTAMP, Micros
 
@@ -28,13 +28,31 @@ class Bundle:
 
 
 @dataclass(frozen=True)
-class TimerBatch:
-    """Timers one bundle set for one family."""
+class TimerUpdate:
+    """One timer a bundle set or cleared.
+
+    Timers are identified by (family, key): a later update for the same key
+    replaces an earlier one, across bundles, as Beam's timer semantics ask
+    (the key is opaque here: the user key, tag and window, encoded).
+    """
 
     family: str
+    key: Hashable
+    payload: Optional[Payload]   # None: the timer was cleared
+    fire_at: Micros = MIN_TIMESTAMP   # event time, or processing time in micros
+    hold: Micros = MIN_TIMESTAMP      # earliest output timestamp (watermark hold)
+
+
+@dataclass(frozen=True)
+class WindowedPayload:
+    """Output for a BARRIER consumer that may be released early.
+
+    The consumer gets it once its input watermark reaches ``release_at`` (the
+    end of the payload's window); plain payloads wait for the end of input.
+    """
+
     payload: Payload
-    fire_at: Micros          # earliest firing time (event or processing time)
-    hold: Micros             # earliest output timestamp (watermark hold)
+    release_at: Micros
 
 
 # ---- events ---------------------------------------------------------------
@@ -49,7 +67,7 @@ class BundleSucceeded:
     residual_hold: Micros = MIN_TIMESTAMP
     #: processing time (seconds) before which the residual must not run
     resume_at: float = 0.0
-    timers: tuple[TimerBatch, ...] = ()
+    timers: tuple[TimerUpdate, ...] = ()
 
 
 @dataclass(frozen=True)

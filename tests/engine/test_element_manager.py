@@ -5,7 +5,8 @@ import pytest
 
 from beam_gpu_runner.engine.element_manager import ElementManager
 from beam_gpu_runner.engine.events import (
-    BundleFailed, BundleSucceeded, JobFailed, JobFinished, RunBundle, Tick, TimerBatch)
+    BundleFailed, BundleSucceeded, JobFailed, JobFinished, RunBundle, Tick, TimerUpdate,
+    WindowedPayload)
 from beam_gpu_runner.engine.graph import (
     GraphError, InputKind, InputSpec, StageGraph, StageSpec, TimerFamily)
 from beam_gpu_runner.engine.timestamps import MAX_TIMESTAMP, MIN_TIMESTAMP
@@ -134,7 +135,7 @@ def test_event_time_timers_fire_after_input_drains_and_hold_watermark():
     [t] = runs(em.handle(BundleSucceeded(a.id, produced={"a": ("x",)})))
     assert t.stage == "T" and t.inputs == {"in_a": ("x",)}
     [fire] = runs(em.handle(BundleSucceeded(
-        t.id, timers=(TimerBatch("f", "timers1", fire_at=10, hold=7),))))
+        t.id, timers=(TimerUpdate("f", "k1", "timers1", fire_at=10, hold=7),))))
     assert fire.timers == {"f": ("timers1",)} and fire.inputs == {}
     assert em.watermark("T") == 7
     [d] = runs(em.handle(BundleSucceeded(fire.id, produced={"t": ("out",)})))
@@ -148,18 +149,58 @@ def test_processing_time_timers_fire_on_the_clock():
     [p] = runs(em.start())
     fire_at = int((clock.now + 2) * 1e6)
     assert em.handle(BundleSucceeded(
-        p.id, timers=(TimerBatch("pt", "t", fire_at=fire_at, hold=MIN_TIMESTAMP),))) == []
+        p.id, timers=(TimerUpdate("pt", "k", "t", fire_at=fire_at, hold=MIN_TIMESTAMP),))) == []
     clock.now += 2
     [fire] = runs(em.handle(Tick()))
     assert fire.timers == {"pt": ("t",)}
 
 
-def test_stateful_stage_runs_one_bundle_at_a_time_with_all_input():
+def test_stateful_stage_runs_one_bundle_at_a_time_in_order():
     em, _ = make([stage("A", [imp()], ["a"]), stage("S", [stream("a")], stateful=True)])
     em.add_initial("A", {"read": ("i",)})
     [a] = runs(em.start())
-    [s] = runs(em.handle(BundleSucceeded(a.id, produced={"a": ("x", "y")})))
-    assert s.inputs == {"in_a": ("x", "y")}
+    [s1] = runs(em.handle(BundleSucceeded(a.id, produced={"a": ("x", "y")})))
+    assert s1.inputs == {"in_a": ("x",)}
+    [s2] = runs(em.handle(BundleSucceeded(s1.id)))
+    assert s2.inputs == {"in_a": ("y",)}
+    assert em.handle(BundleSucceeded(s2.id)) == [JobFinished()]
+
+
+def test_windowed_barrier_input_is_released_as_the_watermark_passes():
+    em, _ = make([
+        stage("Src", [imp()], ["g"]),
+        stage("Gbk", [barrier("g")], []),
+    ])
+    em.add_initial("Src", {"read": ("i",)})
+    [src] = runs(em.start())
+    out = runs(em.handle(BundleSucceeded(
+        src.id, produced={"g": (WindowedPayload("w1", 100), WindowedPayload("w2", 200))},
+        residuals={"read": ("r",)}, residual_hold=150)))
+    assert em.watermark("Src") == 150
+    # Window 1 ends at 100 <= 150: it fires while the source still runs.
+    [rest, w1] = sorted(out, key=lambda b: b.stage, reverse=True)
+    assert w1.stage == "Gbk" and w1.inputs == {"in_g": ("w1",)}
+    assert rest.stage == "Src"
+    assert em.handle(BundleSucceeded(w1.id)) == []
+    [w2] = runs(em.handle(BundleSucceeded(rest.id)))
+    assert w2.inputs == {"in_g": ("w2",)}
+    assert em.handle(BundleSucceeded(w2.id)) == [JobFinished()]
+
+
+def test_consumer_bundles_hold_at_the_producers_watermark():
+    em, _ = make([stage("Src", [imp()], ["a"]), stage("B", [stream("a")])])
+    em.add_initial("Src", {"read": ("i",)})
+    [src] = runs(em.start())
+    [rest, b] = sorted(runs(em.handle(BundleSucceeded(
+        src.id, produced={"a": ("x",)}, residuals={"read": ("r",)}, residual_hold=70))),
+        key=lambda x: x.stage, reverse=True)
+    assert b.hold == MIN_TIMESTAMP          # produced while Src's watermark was MIN
+    [b2] = [x for x in runs(em.handle(BundleSucceeded(
+        rest.id, produced={"a": ("y",)}, residuals={"read": ("r",)}, residual_hold=90)))
+        if x.stage == "B"]
+    assert b2.hold == 70
+    em.handle(BundleSucceeded(b.id))
+    assert em.watermark("B") == 70
 
 
 def test_lost_worker_retries_then_fails_after_max_attempts():
@@ -225,4 +266,49 @@ def test_undeclared_timer_family_is_an_error():
     em.add_initial("A", {"read": ("i",)})
     [a] = runs(em.start())
     with pytest.raises(ValueError, match="undeclared family 'f'"):
-        em.handle(BundleSucceeded(a.id, timers=(TimerBatch("f", "t", 1, 1),)))
+        em.handle(BundleSucceeded(a.id, timers=(TimerUpdate("f", "k", "t", 1, 1),)))
+
+
+def test_timer_updates_replace_and_clear_by_key_across_bundles():
+    # A splittable source fused with a stateful DoFn: each residual bundle
+    # updates the timers the previous one set.
+    em, _ = make([stage("T", [imp()], [], timers=[TimerFamily("f")], stateful=True)])
+    em.add_initial("T", {"read": ("i",)})
+    [t] = runs(em.start())
+    [t2] = runs(em.handle(BundleSucceeded(t.id, residuals={"read": ("more",)}, timers=(
+        TimerUpdate("f", "k1", "k1@10", fire_at=10, hold=10),
+        TimerUpdate("f", "k2", "k2@20", fire_at=20, hold=20),
+    ))))
+    assert t2.inputs == {"read": ("more",)}
+    # The second bundle resets k1 and clears k2: only one timer fires, once.
+    [fire] = runs(em.handle(BundleSucceeded(t2.id, timers=(
+        TimerUpdate("f", "k1", "k1@30", fire_at=30, hold=30),
+        TimerUpdate("f", "k2", None),
+    ))))
+    assert fire.timers == {"f": ("k1@30",)} and fire.hold == 30
+    assert em.handle(BundleSucceeded(fire.id)) == [JobFinished()]
+
+
+def test_event_timers_wait_for_the_input_watermark():
+    em, _ = make([
+        stage("Src", [imp()], ["a"]),
+        stage("T", [stream("a")], [], timers=[TimerFamily("f")]),
+    ])
+    em.add_initial("Src", {"read": ("i",)})
+    [src] = runs(em.start())
+    out = runs(em.handle(BundleSucceeded(
+        src.id, produced={"a": ("x",)}, residuals={"read": ("rest",)},
+        residual_hold=50)))
+    t = next(b for b in out if b.stage == "T")
+    rest = next(b for b in out if b.stage == "Src")
+    assert em.input_watermark("T") == 50
+    [early] = runs(em.handle(BundleSucceeded(t.id, timers=(
+        TimerUpdate("f", "k", "early", fire_at=40, hold=40),
+        TimerUpdate("f", "j", "late", fire_at=60, hold=60),
+    ))))
+    assert early.timers == {"f": ("early",)}
+    assert em.watermark("T") == 40          # the firing bundle holds it
+    assert runs(em.handle(BundleSucceeded(early.id))) == []
+    assert em.watermark("T") == 50          # "late" waits for the watermark
+    [late] = runs(em.handle(BundleSucceeded(rest.id)))
+    assert late.timers == {"f": ("late",)}

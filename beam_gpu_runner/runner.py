@@ -39,9 +39,10 @@ def worker_environment() -> environments.Environment:
 def portable_options(options: pipeline_options.PipelineOptions) -> dict[str, Any]:
     """The options workers get: set ones only, JSON-serialisable ones only."""
     all_options = options.get_all_options(drop_default=True, retain_unknown_options=True)
+    runner_only = _runner_only_options()
     portable: dict[str, Any] = {}
     for key, value in all_options.items():
-        if value is None:
+        if value is None or key in runner_only:
             continue
         try:
             json.dumps(value)
@@ -50,6 +51,14 @@ def portable_options(options: pipeline_options.PipelineOptions) -> dict[str, Any
             continue
         portable[key] = value
     return portable
+
+
+def _runner_only_options() -> set[str]:
+    """GpuRunnerOptions' destinations: the driver's business, not the workers'."""
+    import argparse
+    parser = argparse.ArgumentParser()
+    GpuRunnerOptions._add_argparse_args(parser)
+    return {action.dest for action in parser._actions}
 
 
 def options_json(portable: dict[str, Any]) -> str:
@@ -65,10 +74,13 @@ class GpuRunner(PipelineRunner):
     """
 
     def __init__(self, placement: Optional[Placement] = None,
-                 provision_info: Optional[fn_runner.ExtendedProvisionInfo] = None) -> None:
+                 provision_info: Optional[fn_runner.ExtendedProvisionInfo] = None,
+                 is_drain: bool = False) -> None:
         super().__init__()
         self._placement = placement
         self._provision_info = provision_info
+        #: Expand splittable DoFns for draining (truncate restrictions).
+        self._is_drain = is_drain
 
     # ---- Beam entry points --------------------------------------------------
 
@@ -101,7 +113,7 @@ class GpuRunner(PipelineRunner):
         checker._check_requirements(pipeline_proto)
         pipeline_proto = merge_common_environments(
             checker.resolve_any_environments(pipeline_proto))
-        stage_context, stages = fuse(pipeline_proto)
+        stage_context, stages = fuse(pipeline_proto, is_drain=self._is_drain)
         workers = num_workers(options)
         devices = _device_allocator(gpu_options)
         pools = plan_pools(stages, stage_context.components, workers, devices)

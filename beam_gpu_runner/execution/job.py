@@ -26,9 +26,9 @@ from beam_gpu_runner.engine.events import (
 from beam_gpu_runner.engine.graph import InputKind, StageGraph
 from beam_gpu_runner.execution.attempt import AttemptResult, run_attempt
 from beam_gpu_runner.execution.errors import JobCancelledError, JobFailedError
-from beam_gpu_runner.execution.results import ResultCollector
+from beam_gpu_runner.execution.results import ResidualBuffer, ResultCollector
 from beam_gpu_runner.preprocess.stage_graph import (
-    IMPULSE, build_stage_graph, split_timer_family_key)
+    IMPULSE, build_stage_graph, split_timer_family_key, stage_label)
 from beam_gpu_runner.workers.errors import WorkerLostError
 from beam_gpu_runner.workers.pool import PoolKey, WorkerFactory, WorkerPool
 
@@ -81,6 +81,7 @@ class Job:
         self._cancelled = threading.Event()
         self._pools: dict[PoolKey, WorkerPool] = {}
         self._monitoring: dict[str, list] = {}
+        self._labels = {s.name: stage_label(s) for s in plan.stages}
         self._lock = threading.Lock()
         self.state = PipelineState.STOPPED
         self.error: Optional[BaseException] = None
@@ -149,6 +150,9 @@ class Job:
                     bcm.process_bundle_descriptor)
             for key, size in plan.pool_sizes.items():
                 self._pools[key] = WorkerPool(key, size, self._factory)
+            utility_key = min(plan.pool_sizes, key=lambda k: k.requirements.needs_gpu)
+            self._registry.set_utility_worker_factory(
+                lambda: self._factory.start(utility_key), self._factory.stop)
             collector = ResultCollector(context, self._split_parts(graph))
             engine = ElementManager(graph, self._clock, self._max_attempts)
             for stage_name, inputs in initial:
@@ -189,11 +193,14 @@ class Job:
                   collector: ResultCollector) -> Event:
         bundle = outcome.bundle
         if outcome.error is not None:
+            where = "stage %s, bundle %s, attempt %d" % (
+                self._labels.get(bundle.stage, bundle.stage), bundle.id, bundle.attempt)
             if outcome.lost:
-                return BundleFailed(bundle.id, str(outcome.error), retriable=True,
-                                    cause=outcome.error)
-            message = "Stage %r failed in bundle %s (attempt %d): %s" % (
-                bundle.stage, bundle.id, bundle.attempt, outcome.error)
+                return BundleFailed(bundle.id, "%s (%s)" % (outcome.error, where),
+                                    retriable=True, cause=outcome.error)
+            # The worker's error first: it names the user's exception and step.
+            message = "%s\n[GpuRunner: failed in %s]" % (
+                str(outcome.error).rstrip(), where)
             return BundleFailed(bundle.id, message, retriable=False, cause=outcome.error)
         assert outcome.result is not None
         with self._lock:
@@ -241,17 +248,16 @@ class Job:
         for input_spec in spec.inputs:
             transform = input_spec.transform
             payloads = bundle.inputs.get(transform, ())
-            if input_spec.buffer.startswith("group:") and input_spec.kind is not InputKind.IMPULSE:
+            grouped = (input_spec.buffer.startswith("group:")
+                       and not any(isinstance(p, ResidualBuffer) for p in payloads))
+            if grouped:
                 buffer_id = input_spec.buffer.encode("utf-8")
                 grouping = bcm.get_buffer(buffer_id, transform)
                 # get_buffer caches it in the shared context; this one is ours.
                 bcm.execution_context.pcoll_buffers.pop(buffer_id, None)
                 for payload in payloads:
-                    if isinstance(payload, beam_exec.ListBuffer):
-                        for chunk in payload:
-                            grouping.append(chunk)
-                    else:   # a residual of the grouped input itself
-                        grouping.extend(payload)
+                    for chunk in payload:
+                        grouping.append(chunk)
                 inputs[transform] = grouping
             else:
                 merged = beam_exec.ListBuffer(
@@ -268,9 +274,8 @@ class Job:
         for family_key, payloads in bundle.timers.items():
             transform_id, family = split_timer_family_key(family_key)
             merged = beam_exec.ListBuffer(bcm.get_timer_coder_impl(transform_id, family))
-            for payload in payloads:
-                for chunk in payload:
-                    merged.append(chunk)
+            for payload in payloads:   # one encoded timer each
+                merged.append(payload)
             timers[(transform_id, family)] = merged
         return timers
 

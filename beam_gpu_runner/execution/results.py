@@ -7,18 +7,36 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
+
+from apache_beam.coders.coder_impl import create_OutputStream
+from apache_beam.portability import common_urns
+from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.runners.portability.fn_api_runner import translations
+from apache_beam.utils.windowed_value import WindowedValue
 
 from apache_beam.runners.portability.fn_api_runner import execution as beam_exec
 from apache_beam.runners.portability.fn_api_runner import fn_runner
-from apache_beam.coders.coder_impl import create_OutputStream
 
-from beam_gpu_runner.engine.events import BundleSucceeded, Payload, TimerBatch
+from beam_gpu_runner.engine.events import (
+    BundleSucceeded, Payload, TimerUpdate, WindowedPayload)
 from beam_gpu_runner.engine.timestamps import MIN_TIMESTAMP, Micros
 from beam_gpu_runner.execution.attempt import AttemptResult
 from beam_gpu_runner.preprocess.stage_graph import buffer_name, timer_family_key
 
 _LOG = logging.getLogger(__name__)
+
+
+class ResidualBuffer(beam_exec.ListBuffer):
+    """Unprocessed input handed back by a bundle, already in the stage's
+    data-channel encoding (for a grouped input: grouped, not to regroup)."""
+
+    @classmethod
+    def of(cls, buffer: beam_exec.PartitionableBuffer, coder_impl: Any) -> "ResidualBuffer":
+        out = cls(coder_impl)
+        for chunk in buffer:
+            out.append(chunk)
+        return out
 
 
 def has_data(buffer: beam_exec.ListBuffer) -> bool:
@@ -45,43 +63,40 @@ def _micros(ts: "beam_exec.timestamp.Timestamp") -> Micros:
 
 
 def collect_timers(stage_context: beam_exec.BundleContextManager,
-                   result: AttemptResult) -> tuple[TimerBatch, ...]:
-    """Timers the attempt set, the last write per (key, tag, window) winning."""
-    batches = []
+                   result: AttemptResult) -> tuple[TimerUpdate, ...]:
+    """The timers the attempt set or cleared, in order, one update per timer.
+
+    A timer is identified by its user key, tag and windows (encoded); the
+    engine keeps the latest update per identity across bundles.
+    """
+    updates = []
     for (transform_id, family), (buffer_id, _domain) in (
             stage_context.stage_timer_outputs.items()):
         written = result.timer_outputs.get(buffer_id)
         if written is None:
             continue
         coder_impl = stage_context.get_timer_coder_impl(transform_id, family)
-        latest = {}
+        engine_family = timer_family_key(transform_id, family)
         for chunk in written:
             for timer in coder_impl.decode_all(chunk):
-                key = (timer.user_key, timer.dynamic_timer_tag, timer.windows[0])
+                identity = coder_impl.encode_nested(timer._replace(
+                    clear_bit=True, fire_timestamp=None, hold_timestamp=None,
+                    paneinfo=None))
                 if timer.clear_bit:
-                    latest.pop(key, None)
+                    updates.append(TimerUpdate(engine_family, identity, None))
                 else:
-                    latest[key] = timer
-        if not latest:
-            continue
-        out = create_OutputStream()
-        for timer in latest.values():
-            coder_impl.encode_to_stream(timer, out, True)
-        payload = beam_exec.ListBuffer(coder_impl)
-        payload.append(out.get())
-        batches.append(TimerBatch(
-            family=timer_family_key(transform_id, family),
-            payload=payload,
-            fire_at=min(_micros(t.fire_timestamp) for t in latest.values()),
-            hold=min(_micros(t.hold_timestamp) for t in latest.values())))
-    return tuple(batches)
+                    updates.append(TimerUpdate(
+                        engine_family, identity, coder_impl.encode_nested(timer),
+                        fire_at=_micros(timer.fire_timestamp),
+                        hold=_micros(timer.hold_timestamp)))
+    return tuple(updates)
 
 
 def collect_residuals(
     stage_context: beam_exec.BundleContextManager,
     result: AttemptResult,
     inputs_sent: Mapping[str, beam_exec.PartitionableBuffer],
-) -> tuple[dict[str, Payload], Micros, float]:
+) -> tuple[dict[str, tuple[Payload, ...]], Micros, float]:
     """SDK-initiated residuals and runner splits -> (inputs, hold, resume_at)."""
     deferred: dict[str, beam_exec.PartitionableBuffer] = {}
     # Beam's helpers ignore ``self``; they decode residual roots and channel
@@ -97,13 +112,16 @@ def collect_residuals(
         roots.extend(split.residual_roots)
     watermarks = [
         wm.seconds * 1_000_000 + wm.nanos // 1000
-        for root in roots for wm in root.output_watermarks.values()]
+        for root in roots for wm in root.application.output_watermarks.values()]
     # No estimate from the SDK means we know nothing: hold at MIN.
     hold = min(watermarks) if watermarks and len(watermarks) >= len(roots) else MIN_TIMESTAMP
     delays = [root.requested_time_delay.ToTimedelta().total_seconds() for root in roots
               if root.HasField("requested_time_delay")]
     resume_at = time.time() + max(delays) if delays and max(delays) > 0 else 0.0
-    return dict(deferred), hold, resume_at
+    residuals: dict[str, tuple[Payload, ...]] = {
+        transform: (ResidualBuffer.of(buffer, stage_context.get_input_coder_impl(transform)),)
+        for transform, buffer in deferred.items()}
+    return residuals, hold, resume_at
 
 
 class ResultCollector:
@@ -114,6 +132,7 @@ class ResultCollector:
         self._context = context
         #: buffer name -> how many pieces to cut it into for its consumers
         self._split_parts = split_parts
+        self._window_coders: dict[bytes, Any] = {}
 
     def to_event(self, bundle_id: str, stage_context: beam_exec.BundleContextManager,
                  result: AttemptResult,
@@ -127,12 +146,57 @@ class ResultCollector:
                 continue
             self._commit_side_inputs(stage_name, buffer_id, buffer)
             name = buffer_name(buffer_id)
-            produced[name] = split_for_consumers(buffer, self._split_parts.get(name, 1))
+            if buffer_id.startswith(b"group:"):
+                produced[name] = self._by_window(buffer_id, buffer)
+            else:
+                produced[name] = split_for_consumers(buffer, self._split_parts.get(name, 1))
         residuals, hold, resume_at = collect_residuals(stage_context, result, inputs_sent)
         return BundleSucceeded(
             bundle_id=bundle_id, produced=produced, residuals=residuals,
             residual_hold=hold, resume_at=resume_at,
             timers=collect_timers(stage_context, result))
+
+    def _by_window(self, buffer_id: bytes, buffer: beam_exec.ListBuffer
+                   ) -> tuple[Payload, ...]:
+        """Cut GroupByKey input by window, so each window fires as the
+        watermark passes its end (non-merging windows; others wait for the
+        end of input, as do global windows)."""
+        coder_impl = self._window_coder(buffer_id)
+        if coder_impl is None:
+            return (buffer,)
+        streams: dict[int, Any] = {}
+        for chunk in buffer:
+            for value in coder_impl.decode_all(chunk):
+                for window in value.windows:
+                    end = int(window.max_timestamp().micros)
+                    out = streams.get(end)
+                    if out is None:
+                        out = streams[end] = create_OutputStream()
+                    coder_impl.encode_to_stream(
+                        WindowedValue(value.value, value.timestamp, (window,),
+                                      value.pane_info), out, True)
+        payloads = []
+        for end, out in sorted(streams.items()):
+            part = beam_exec.ListBuffer(buffer._coder_impl)
+            part.append(out.get())
+            payloads.append(WindowedPayload(part, end))
+        return tuple(payloads)
+
+    def _window_coder(self, buffer_id: bytes) -> Any:
+        if buffer_id not in self._window_coders:
+            context = self._context
+            _, gbk_transform = translations.split_buffer_id(buffer_id)
+            transform = context.pipeline_components.transforms[gbk_transform]
+            input_pcoll = next(iter(transform.inputs.values()))
+            strategy = context.pipeline_components.windowing_strategies[
+                context.pipeline_components.pcollections[input_pcoll].windowing_strategy_id]
+            splittable = (
+                strategy.merge_status == beam_runner_api_pb2.MergeStatus.NON_MERGING
+                and strategy.window_fn.urn != common_urns.global_windows.urn)
+            coder = context.pipeline_context.coders[context.safe_coders[
+                context.data_channel_coders[input_pcoll]]]
+            self._window_coders[buffer_id] = coder.get_impl() if splittable else None
+        return self._window_coders[buffer_id]
 
     def _commit_side_inputs(self, stage_name: str, buffer_id: bytes,
                             buffer: beam_exec.ListBuffer) -> None:

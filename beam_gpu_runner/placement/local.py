@@ -39,6 +39,26 @@ def harness_env(launch: WorkerLaunch, base: Optional[dict[str, str]] = None) -> 
     return env
 
 
+def driver_python_path() -> str:
+    """The driver's own import roots (not the interpreter's), for PYTHONPATH.
+
+    Code the driver imported from a folder (a test module, a script's
+    neighbours) must unpickle in the worker too, as it would in Beam's
+    in-process DirectRunner.
+    """
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    roots = []
+    for entry in sys.path:
+        path = os.path.realpath(entry or os.getcwd())
+        if not os.path.isdir(path) or any(
+                path == p or path.startswith(p + os.sep) for p in prefixes):
+            continue
+        if path not in roots:
+            roots.append(path)
+    existing = os.environ.get("PYTHONPATH")
+    return os.pathsep.join(roots + ([existing] if existing else []))
+
+
 def harness_command() -> list[str]:
     return [sys.executable, "-m", HARNESS_MODULE]
 
@@ -124,6 +144,7 @@ class LocalPlacement:
         os.makedirs(work_dir, exist_ok=True)
         env = harness_env(launch)
         env.setdefault("SEMI_PERSISTENT_DIRECTORY", work_dir)
+        env["PYTHONPATH"] = driver_python_path()
         _LOG.info("Starting worker %s (%s), log %s", launch.worker_id,
                   launch.requirements.describe(), log_path)
         popen = subprocess.Popen(

@@ -40,8 +40,7 @@ def stage_spec(stage: translations.Stage) -> StageSpec:
                 kind = InputKind.IMPULSE
             else:
                 kind_name, _ = translations.split_buffer_id(buffer_id)
-                kind = (InputKind.BARRIER if kind_name == "group" or stateful
-                        else InputKind.STREAM)
+                kind = InputKind.BARRIER if kind_name == "group" else InputKind.STREAM
             inputs.append(InputSpec(t.unique_name, buffer_name(buffer_id), kind))
         elif t.spec.urn == bundle_processor.DATA_OUTPUT_URN:
             outputs.append(buffer_name(t.spec.payload))
@@ -68,3 +67,13 @@ def build_stage_graph(stages: Iterable[translations.Stage]) -> StageGraph:
 
 def environments_of(stages: Iterable[translations.Stage]) -> Mapping[str, str]:
     return {s.name: s.environment or "" for s in stages}
+
+
+def stage_label(stage: translations.Stage) -> str:
+    """A readable name for a fused stage: its first and last transforms."""
+    names = [t.unique_name for t in stage.transforms]
+    if not names:
+        return stage.name
+    if len(names) == 1:
+        return repr(names[0])
+    return "%r ... %r (%d transforms)" % (names[0], names[-1], len(names))

@@ -12,6 +12,8 @@ from apache_beam.utils import thread_pool_executor
 
 _LOG = logging.getLogger("beam_gpu_runner.worker")
 
+_BEAM_SOURCE = "/apache_beam/"
+
 
 class WorkerLogService(beam_fn_api_pb2_grpc.BeamFnLoggingServicer):
     def Logging(self, log_messages: Iterable[beam_fn_api_pb2.LogEntry.List],
@@ -23,6 +25,9 @@ class WorkerLogService(beam_fn_api_pb2_grpc.BeamFnLoggingServicer):
         for message in log_messages:
             for entry in message.log_entries:
                 level = LOGENTRY_TO_LOG_LEVEL_MAP.get(entry.severity, logging.INFO)
+                if level < logging.WARNING and _BEAM_SOURCE in entry.log_location:
+                    # The harness's own start/stop chatter; user code keeps its level.
+                    level = logging.DEBUG
                 if _LOG.isEnabledFor(level):
                     _LOG.log(level, "[%s %s] %s%s", worker, entry.log_location,
                              entry.message, ("\n" + entry.trace) if entry.trace else "")

@@ -71,7 +71,12 @@ class WorkerPool:
                 raise RuntimeError("WorkerPool %s is closed" % self.key.describe())
             worker = self._factory.start(self.key)
             with self._lock:
-                self._workers.append(worker)
+                closed = self._closed
+                if not closed:
+                    self._workers.append(worker)
+            if closed:   # close() ran while this worker was starting
+                self._factory.stop(worker)
+                raise RuntimeError("WorkerPool %s is closed" % self.key.describe())
             self._local.worker = worker
         return fn(worker)
 
@@ -91,7 +96,8 @@ class WorkerPool:
 
     def close(self) -> None:
         """Stop all workers (killing running bundles), then the threads."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
         for worker in self.workers():
             try:
                 self._factory.stop(worker)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from apache_beam.portability.api import beam_fn_api_pb2, endpoints_pb2
 from apache_beam.runners.portability.fn_api_runner import worker_handlers as beam_wh
@@ -20,11 +20,23 @@ _LOG = logging.getLogger(__name__)
 
 
 class _Endpoints:
-    """What Beam's BundleContextManager asks of ``worker_handlers[0]``."""
+    """What Beam's execution context asks of ``worker_handlers[0]``.
 
-    def __init__(self, host: str, server: beam_wh.GrpcServer) -> None:
+    Descriptors come from the job's server. Beam's merging-window support
+    also talks to that handler directly (``data_conn``/``control_conn``) to
+    run a window merge on a worker: those start the registry's utility worker.
+    """
+
+    def __init__(self, host: str, server: beam_wh.GrpcServer,
+                 registry: "WorkerRegistry") -> None:
         self._host = host
         self._server = server
+        self._registry = registry
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("data_conn", "control_conn"):
+            return getattr(self._registry.utility_worker(), name)
+        raise AttributeError("%s has no attribute %r" % (type(self).__name__, name))
 
     def data_api_service_descriptor(self) -> endpoints_pb2.ApiServiceDescriptor:
         return endpoints_pb2.ApiServiceDescriptor(
@@ -44,7 +56,11 @@ class WorkerRegistry:
         self._lock = threading.Lock()
         self.grpc_server: Optional[beam_wh.GrpcServer] = beam_wh.GrpcServer(
             self.state_servicer, provision_info, self)
-        self._endpoints = _Endpoints(host, self.grpc_server)
+        self._endpoints = _Endpoints(host, self.grpc_server, self)
+        self._utility_start: Optional[Callable[[], beam_wh.WorkerHandler]] = None
+        self._utility_stop: Optional[Callable[[beam_wh.WorkerHandler], None]] = None
+        self._utility: Optional[beam_wh.WorkerHandler] = None
+        self._utility_lock = threading.Lock()   # starting it takes self._lock
         self._logs = LogServer()
         self.logging_address = "%s:%d" % (host, self._logs.port)
 
@@ -77,7 +93,25 @@ class WorkerRegistry:
         with self._lock:
             self._workers.pop(handler.worker_id, None)
 
+    def set_utility_worker_factory(self, start: Callable[[], beam_wh.WorkerHandler],
+                                   stop: Callable[[beam_wh.WorkerHandler], None]) -> None:
+        self._utility_start, self._utility_stop = start, stop
+
+    def utility_worker(self) -> beam_wh.WorkerHandler:
+        """A worker for the runner's own Fn API calls (window merging)."""
+        with self._utility_lock:
+            if self._utility is None:
+                if self._utility_start is None:
+                    raise RuntimeError(
+                        "utility_worker: no worker factory was set for this job")
+                self._utility = self._utility_start()
+            return self._utility
+
     def close(self) -> None:
+        with self._utility_lock:
+            utility, self._utility = self._utility, None
+        if utility is not None and self._utility_stop is not None:
+            self._utility_stop(utility)
         self._logs.close()
         if self.grpc_server is not None:
             self.grpc_server.close()

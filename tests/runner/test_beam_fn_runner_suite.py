@@ -13,12 +13,17 @@ from beam_gpu_runner.runner import GpuRunner
 pytestmark = pytest.mark.slow
 
 #: Tests of FnApiRunner internals, each with the reason it does not apply.
-SKIPPED: dict[str, str] = {}
+SKIPPED: dict[str, str] = {
+    "test_batch_rebatch_pardos":
+        "asserts a Python warning raised while the SDK runs the bundle; FnApiRunner "
+        "runs bundles in the test's own process, GpuRunner in worker processes, so "
+        "the warning is logged by the worker and cannot reach assertWarns",
+}
 
 
 class GpuRunnerFnApiRunnerTest(beam_suite.FnApiRunnerTest):
     def create_pipeline(self, is_drain: bool = False) -> beam.Pipeline:
-        return beam.Pipeline(runner=GpuRunner(),
+        return beam.Pipeline(runner=GpuRunner(is_drain=is_drain),
                              options=PipelineOptions(["--num_workers=2"]))
 
 

@@ -1,0 +1,100 @@
+"""Worker pool lifecycle with a fake factory: no processes."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from beam_gpu_runner.resources.requirements import NO_REQUIREMENTS
+from beam_gpu_runner.workers.pool import PoolKey, WorkerPool
+
+
+class TestingWorker:
+    __test__ = False
+
+    def __init__(self, n: int) -> None:
+        self.worker_id = "fake-%d" % n
+        self.lost = None
+        self.closed = False
+
+
+class TestingWorkerFactory:
+    __test__ = False
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.started: list[TestingWorker] = []
+        self.stopped: list[TestingWorker] = []
+        self._fail = fail_first
+        self._lock = threading.Lock()
+
+    def start(self, key):
+        with self._lock:
+            if self._fail:
+                self._fail -= 1
+                raise RuntimeError("cannot start worker")
+            worker = TestingWorker(len(self.started))
+            self.started.append(worker)
+            return worker
+
+    def stop(self, handler):
+        handler.closed = True
+        self.stopped.append(handler)
+
+
+KEY = PoolKey("env", NO_REQUIREMENTS)
+
+
+def test_workers_start_lazily_and_are_reused_per_thread():
+    factory = TestingWorkerFactory()
+    pool = WorkerPool(KEY, 2, factory)
+    assert factory.started == []
+    ids = {pool.submit(lambda w: w.worker_id).result() for _ in range(10)}
+    assert 1 <= len(factory.started) <= 2 and ids <= {w.worker_id for w in factory.started}
+    pool.close()
+    assert sorted(w.worker_id for w in factory.stopped) == sorted(
+        w.worker_id for w in factory.started)
+
+
+def test_concurrency_is_bounded_by_the_pool_size():
+    factory = TestingWorkerFactory()
+    pool = WorkerPool(KEY, 2, factory)
+    running = []
+    peak = []
+    lock = threading.Lock()
+
+    def work(worker):
+        with lock:
+            running.append(worker.worker_id)
+            peak.append(len(running))
+        time.sleep(0.05)
+        with lock:
+            running.remove(worker.worker_id)
+        return worker.worker_id
+
+    used = {f.result() for f in [pool.submit(work) for _ in range(8)]}
+    pool.close()
+    assert max(peak) == 2 and len(used) == 2
+
+
+def test_lost_worker_is_replaced_and_stopped():
+    factory = TestingWorkerFactory()
+    pool = WorkerPool(KEY, 1, factory)
+    first = pool.submit(lambda w: w).result()
+    first.lost = "worker fake-0 died: killed by signal SIGKILL"
+    second = pool.submit(lambda w: w).result()
+    assert second is not first and first in factory.stopped
+    pool.close()
+
+
+def test_start_failure_reaches_the_caller_and_the_next_call_retries():
+    pool = WorkerPool(KEY, 1, TestingWorkerFactory(fail_first=1))
+    with pytest.raises(RuntimeError, match="cannot start worker"):
+        pool.submit(lambda w: w).result()
+    assert pool.submit(lambda w: w.worker_id).result() == "fake-0"
+    pool.close()
+
+
+def test_size_must_be_positive():
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        WorkerPool(KEY, 0, TestingWorkerFactory())

@@ -49,6 +49,9 @@ setup(
         "ray": ["ray[default]>=2.40,<3"],
         "test": [
             "pytest>=8",
+            # Beam's own runner test suites, which we subclass, import these.
+            "PyHamcrest>=2.0",
+            "tenacity>=8.0",
             "pytest-timeout>=2.3",
             "mypy>=1.10",
             "matplotlib>=3.8",

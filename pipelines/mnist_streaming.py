@@ -121,8 +121,41 @@ def _summary(result: beam.runners.runner.PipelineResult, seconds: float) -> Stre
                             seconds=seconds, images_by_device=devices)
 
 
-def run(config: StreamingConfig, pipeline_args: Sequence[str] = ()) -> StreamingSummary:
+FAKE_GPU_ARGS = (
+    "--external_resource=external-resource.gpu.driver-factory.class=testing",
+    "--external_resource=external-resource.gpu.param.num-devices=1",
+    "--external_resource=external-resource.gpu.param.device-name=Testing GPU (CPU)",
+)
+
+
+def with_fake_gpu_if_none(config: StreamingConfig, pipeline_args: Sequence[str]
+                          ) -> list[str]:
+    """On GpuRunner with a GPU hint, a host without GPUs gets one fake device.
+
+    The demo then runs everywhere: the hinted stage gets a testing device and
+    classifies on the CPU. Explicit external resource flags are left alone.
+    """
+    args = list(pipeline_args)
+    if (config.runner != DEFAULT_RUNNER or not config.accelerator
+            or any(a.startswith("--external_resource") for a in args)):
+        return args
+    from beam_gpu_runner.resources.assignment import DeviceAllocator
+    from beam_gpu_runner.resources.config import ExternalResourceConfig
+    with DeviceAllocator(ExternalResourceConfig.default()) as allocator:
+        found = allocator.devices().get("gpu", ())
+    if found:
+        return args
+    _LOG.warning("mnist_streaming: no GPU found on this host; giving the classifier a "
+                 "fake device from the testing driver (it computes on the CPU). Pass "
+                 "--nofake_gpu_when_none to fail instead, or --accelerator= to drop the hint")
+    return args + list(FAKE_GPU_ARGS)
+
+
+def run(config: StreamingConfig, pipeline_args: Sequence[str] = (),
+        fake_gpu_when_none: bool = True) -> StreamingSummary:
     """Run the pipeline to the end (or until Ctrl-C) and return its summary."""
+    if fake_gpu_when_none:
+        pipeline_args = with_fake_gpu_if_none(config, pipeline_args)
     options = pipeline_options(config.runner, pipeline_args,
                                streaming=config.num_images == 0)
     _LOG.info("mnist_streaming: %s", config)
@@ -166,6 +199,9 @@ flags.DEFINE_string("output", "-", "Folder for prediction CSV files, or - for st
 flags.DEFINE_string("accelerator", DEFAULT_ACCELERATOR,
                     "Resource hint of the classification stage; empty: none.",
     flag_values=FLAGS)
+flags.DEFINE_bool("fake_gpu_when_none", True,
+                  "On GpuRunner, give the hinted stage a fake (testing) GPU when the "
+                  "host has none, instead of failing.", flag_values=FLAGS)
 
 
 def config_from_flags() -> StreamingConfig:
@@ -185,7 +221,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def _main(argv: list[str]) -> None:
     try:
-        run(config_from_flags(), argv[1:])
+        run(config_from_flags(), argv[1:], fake_gpu_when_none=FLAGS.fake_gpu_when_none)
     except RunnerUnavailableError as exc:
         sys.exit("mnist_streaming: %s" % exc)
 

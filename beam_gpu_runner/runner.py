@@ -23,7 +23,7 @@ from beam_gpu_runner.execution.result import GpuPipelineResult
 from beam_gpu_runner.options import GpuRunnerOptions, num_workers
 from beam_gpu_runner.placement.api import Placement
 from beam_gpu_runner.preprocess.fusion import fuse
-from beam_gpu_runner.preprocess.pools import plan_pools
+from beam_gpu_runner.workers.plan import plan_pools
 from beam_gpu_runner.workers.factory import ProcessWorkerFactory
 from beam_gpu_runner.workers.registry import WorkerRegistry
 

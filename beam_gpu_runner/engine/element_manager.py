@@ -22,6 +22,8 @@ from beam_gpu_runner.engine.events import (
     Bundle, BundleFailed, BundleSucceeded, Event, Instruction, JobFailed,
     JobFinished, Payload, RunBundle, Tick, TimerUpdate, WindowedPayload)
 from beam_gpu_runner.engine.graph import InputKind, StageGraph, StageSpec
+from beam_gpu_runner.engine.test_stream import (
+    AdvanceProcessingTime, AdvanceWatermark, EmitElements, TestStreamScript)
 from beam_gpu_runner.engine.timestamps import (
     MAX_TIMESTAMP, MIN_TIMESTAMP, Clock, Micros, fmt)
 
@@ -53,6 +55,8 @@ class _StageState:
     #: (family, key) -> the timer's latest setting
     timers: dict[tuple[str, Hashable], _PendingTimer] = field(default_factory=dict)
     in_flight: dict[str, Bundle] = field(default_factory=dict)
+    #: key -> watermark hold from the stage's state for that key
+    key_holds: dict[Hashable, Micros] = field(default_factory=dict)
     output_watermark: Micros = MIN_TIMESTAMP
 
     def has_data_work(self) -> bool:
@@ -69,6 +73,7 @@ class _StageState:
         holds += [b.hold for b in self.in_flight.values()]
         holds += [t.update.hold for t in self.timers.values()]
         holds += [h.hold for h in self.barrier]
+        holds += self.key_holds.values()
         return min(holds, default=MAX_TIMESTAMP)
 
 
@@ -87,6 +92,9 @@ class ElementManager:
         self._seq = itertools.count()
         self._bundles: dict[str, Bundle] = {}     # in flight, by id
         self._done = False
+        #: A TestStream drives its outputs and, once added, processing time.
+        self._script: Optional[TestStreamScript] = None
+        self._test_time: Optional[float] = None
         self._timer_kind = {
             (s.name, t.family): t.processing_time
             for s in graph.stages for t in s.timer_families}
@@ -97,6 +105,24 @@ class ElementManager:
         """Seed a stage with its impulse (before the first ``start``)."""
         state = self._state(stage, "add_initial")
         state.ready.append(self._new_bundle(stage, inputs, MIN_TIMESTAMP))
+
+    def add_test_stream(self, script: TestStreamScript) -> None:
+        """Drive ``script.buffers`` from a TestStream; processing time becomes a
+        test clock that starts now and moves only with the script."""
+        if self._script is not None:
+            raise ValueError("ElementManager.add_test_stream: a pipeline may have at "
+                             "most one TestStream (got a second for %s)"
+                             % sorted(script.buffers))
+        for buffer in script.buffers:
+            if buffer in self._graph.producers:
+                raise ValueError("ElementManager.add_test_stream: buffer %r already "
+                                 "has producers %s" % (buffer, self._graph.producers[buffer]))
+        self._script = script
+        self._test_time = self._clock()
+
+    def now(self) -> float:
+        """Processing time (seconds): the test clock under a TestStream."""
+        return self._clock() if self._test_time is None else self._test_time
 
     def start(self) -> list[Instruction]:
         return self._schedule()
@@ -131,8 +157,9 @@ class ElementManager:
     def next_wakeup(self) -> Optional[float]:
         """Processing time of the next delayed bundle or timer, if any."""
         times = [t for s in self._stages.values() for t, _, _ in s.delayed[:1]]
-        times += [t.update.fire_at / 1e6 for s in self._stages.values()
-                  for t in s.timers.values() if t.processing_time]
+        if self._test_time is None:
+            times += [t.update.fire_at / 1e6 for s in self._stages.values()
+                      for t in s.timers.values() if t.processing_time]
         return min(times, default=None)
 
     def describe(self) -> str:
@@ -179,6 +206,11 @@ class ElementManager:
             else:
                 state.timers[(update.family, update.key)] = _PendingTimer(
                     update, self._timer_kind[kind])
+        for key, hold in event.holds.items():
+            if hold >= MAX_TIMESTAMP:
+                state.key_holds.pop(key, None)
+            else:
+                state.key_holds[key] = hold
 
     def _deliver(self, stage: str, transform: str, payloads: tuple[Payload, ...],
                  hold: Micros) -> None:
@@ -221,15 +253,20 @@ class ElementManager:
     # ---- scheduling ---------------------------------------------------------
 
     def _schedule(self) -> list[Instruction]:
-        self._update_watermarks()
-        now = self._clock()
-        out: list[Instruction] = []
-        for state in self._stages.values():
-            self._release(state, now)
-            out.extend(self._dispatch(state))
-        if out:
-            # Dispatching changes holds only by moving work to in-flight.
-            return out
+        while True:
+            self._update_watermarks()
+            out: list[Instruction] = []
+            for state in self._stages.values():
+                self._release(state, self._clock(), self.now())
+                out.extend(self._dispatch(state))
+            if out or self._bundles:
+                # Dispatching changes holds only by moving work to in-flight.
+                return out
+            # Quiet: the TestStream's next event, if any, then look again.
+            if not self._step_script():
+                break
+        if self._test_time is not None:
+            self._drop_final_processing_timers()
         if all(s.idle() for s in self._stages.values()):
             self._done = True
             return [JobFinished()]
@@ -240,7 +277,36 @@ class ElementManager:
                 "the pipeline is stuck:\n" + self.describe()))]
         return out
 
-    def _release(self, state: _StageState, now: float) -> None:
+    def _step_script(self) -> bool:
+        """Apply the TestStream's next event; False when there is none."""
+        script = self._script
+        if script is None or script.exhausted():
+            return False
+        event = script.pop()
+        if isinstance(event, EmitElements):
+            _LOG.debug("TestStream: %d element(s) to %s", event.count, event.buffer)
+            for consumer, transform in self._graph.consumers.get(event.buffer, ()):
+                self._deliver(consumer, transform, (event.payload,), script.watermark)
+        elif isinstance(event, AdvanceWatermark):
+            _LOG.debug("TestStream: watermark to %s", fmt(event.to))
+        elif isinstance(event, AdvanceProcessingTime):
+            assert self._test_time is not None
+            self._test_time += event.by
+            _LOG.debug("TestStream: processing time +%.3fs", event.by)
+        return True
+
+    def _drop_final_processing_timers(self) -> None:
+        """Under a test clock that no event moves any more, processing-time
+        timers of stages whose input is complete can never fire: drop them."""
+        for state in self._stages.values():
+            if state.has_data_work() or self._input_watermark(state.spec) < MAX_TIMESTAMP:
+                continue
+            for key in [k for k, t in state.timers.items() if t.processing_time]:
+                _LOG.debug("Dropping processing-time timer %r of stage %s at the end "
+                           "of its input", key, state.spec.name)
+                del state.timers[key]
+
+    def _release(self, state: _StageState, now: float, processing_now: float) -> None:
         spec = state.spec
         in_wm = self._input_watermark(spec)
         while state.delayed and state.delayed[0][0] <= now:
@@ -260,7 +326,7 @@ class ElementManager:
         due: list[tuple[str, Hashable]] = []
         for key, timer in state.timers.items():
             if timer.processing_time:
-                fire = timer.update.fire_at / 1e6 <= now
+                fire = timer.update.fire_at / 1e6 <= processing_now
             else:
                 fire = not data_pending and in_wm >= timer.update.fire_at
             if fire:
@@ -294,6 +360,8 @@ class ElementManager:
     # ---- watermarks ---------------------------------------------------------
 
     def _buffer_watermark(self, buffer: str) -> Micros:
+        if self._script is not None and buffer in self._script.buffers:
+            return self._script.watermark
         producers = self._graph.producers.get(buffer, ())
         return min((self._stages[p].output_watermark for p in producers),
                    default=MAX_TIMESTAMP)

@@ -68,6 +68,9 @@ class BundleSucceeded:
     #: processing time (seconds) before which the residual must not run
     resume_at: float = 0.0
     timers: tuple[TimerUpdate, ...] = ()
+    #: key -> the earliest event time the stage's state for that key may still
+    #: produce (a watermark hold from state); MAX_TIMESTAMP releases the key.
+    holds: Mapping[Hashable, Micros] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

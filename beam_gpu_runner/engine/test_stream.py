@@ -1,0 +1,75 @@
+"""A TestStream's script: elements, watermark and processing-time steps.
+
+The element manager applies one event at a time, only when no bundle is in
+flight (the pipeline is quiet), as Beam's DirectRunner does; processing time
+is then a test clock that only these events move.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Iterable, Optional, Union
+
+from beam_gpu_runner.engine.events import Payload
+from beam_gpu_runner.engine.timestamps import MAX_TIMESTAMP, MIN_TIMESTAMP, Micros
+
+
+@dataclass(frozen=True)
+class EmitElements:
+    buffer: str
+    payload: Payload
+    count: int = 0   # elements in the payload (for logs)
+
+
+@dataclass(frozen=True)
+class AdvanceWatermark:
+    to: Micros
+
+
+@dataclass(frozen=True)
+class AdvanceProcessingTime:
+    by: float   # seconds
+
+
+ScriptEvent = Union[EmitElements, AdvanceWatermark, AdvanceProcessingTime]
+
+
+class TestStreamScript:
+    """The events of one TestStream, consumed in order."""
+
+    __test__ = False   # not a pytest class
+
+    def __init__(self, buffers: Iterable[str], events: Iterable[ScriptEvent]) -> None:
+        self.buffers = frozenset(buffers)
+        self._events = collections.deque(events)
+        self._watermark: Micros = MIN_TIMESTAMP
+        self._finished = False
+        for event in self._events:
+            if isinstance(event, EmitElements) and event.buffer not in self.buffers:
+                raise ValueError(
+                    "TestStreamScript: element event for buffer %r, which is not one "
+                    "of the stream's outputs %s" % (event.buffer, sorted(self.buffers)))
+
+    @property
+    def watermark(self) -> Micros:
+        return self._watermark
+
+    def exhausted(self) -> bool:
+        return self._finished
+
+    def pop(self) -> Optional[ScriptEvent]:
+        """The next event; after the last one, a final step to MAX_TIMESTAMP."""
+        if self._finished:
+            return None
+        if not self._events:
+            self._finished = True
+            self._watermark = MAX_TIMESTAMP
+            return AdvanceWatermark(MAX_TIMESTAMP)
+        event = self._events.popleft()
+        if isinstance(event, AdvanceWatermark):
+            if event.to < self._watermark:
+                raise ValueError(
+                    "TestStreamScript: the watermark may only advance, got %d after %d"
+                    % (event.to, self._watermark))
+            self._watermark = event.to
+        return event

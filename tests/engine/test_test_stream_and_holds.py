@@ -1,0 +1,151 @@
+"""Streaming in the element manager: TestStream scripts, a test clock, state
+holds, watermark propagation (plain string ids, a fake clock, no processes)."""
+from __future__ import annotations
+
+import pytest
+
+from beam_gpu_runner.engine.element_manager import ElementManager
+from beam_gpu_runner.engine.events import (
+    BundleSucceeded, JobFinished, RunBundle, Tick, TimerUpdate)
+from beam_gpu_runner.engine.graph import (
+    InputKind, InputSpec, StageGraph, StageSpec, TimerFamily)
+from beam_gpu_runner.engine.test_stream import (
+    AdvanceProcessingTime, AdvanceWatermark, EmitElements, TestStreamScript)
+from beam_gpu_runner.engine.timestamps import MAX_TIMESTAMP, MIN_TIMESTAMP
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def runs(instructions):
+    return [i.bundle for i in instructions if isinstance(i, RunBundle)]
+
+
+def ts_graph(**grouping_kw):
+    """TestStream -> Group (keyed timers, state holds) -> Sink."""
+    return StageGraph.of([
+        StageSpec("Group", (InputSpec("in_ts", "ts", InputKind.STREAM),), ("g",),
+                  timer_families=(TimerFamily("event"),
+                                  TimerFamily("proc", processing_time=True)),
+                  stateful=True),
+        StageSpec("Sink", (InputSpec("in_g", "g", InputKind.STREAM),)),
+    ])
+
+
+def make(script, graph=None):
+    clock = FakeClock()
+    em = ElementManager(graph or ts_graph(), clock)
+    em.add_test_stream(script)
+    return em, clock
+
+
+def test_script_events_apply_only_when_quiet():
+    em, _ = make(TestStreamScript(["ts"], [
+        EmitElements("ts", "e1"), AdvanceWatermark(10), EmitElements("ts", "e2")]))
+    [g1] = runs(em.start())
+    assert g1.inputs == {"in_ts": ("e1",)} and g1.hold == MIN_TIMESTAMP
+    assert em.input_watermark("Group") == MIN_TIMESTAMP
+    # e1 done: watermark moves to 10, then e2 comes, held at 10.
+    [g2] = runs(em.handle(BundleSucceeded(g1.id)))
+    assert g2.inputs == {"in_ts": ("e2",)} and g2.hold == 10
+    assert em.input_watermark("Group") == 10
+    assert em.handle(BundleSucceeded(g2.id)) == [JobFinished()]
+    assert em.watermark("Sink") == MAX_TIMESTAMP
+
+
+def test_state_holds_keep_the_output_watermark_back():
+    em, _ = make(TestStreamScript(["ts"], [
+        EmitElements("ts", "e1"), AdvanceWatermark(100), AdvanceWatermark(200)]))
+    [g1] = runs(em.start())
+    out = em.handle(BundleSucceeded(
+        g1.id, holds={"k": 50},
+        timers=(TimerUpdate("event", "k", "k", fire_at=150, hold=MAX_TIMESTAMP),)))
+    # The script ran to 100 and stopped: nothing to fire yet, nothing in flight,
+    # so it went on to 200 and the timer fired.
+    [fired] = runs(out)
+    assert fired.timers == {"event": ("k",)}
+    assert em.input_watermark("Group") == 200
+    assert em.watermark("Group") == 50          # the state hold
+    out = em.handle(BundleSucceeded(fired.id, produced={"g": ("pane",)},
+                                    holds={"k": MAX_TIMESTAMP}))
+    [sink] = runs(out)
+    assert sink.hold == 50
+    assert em.watermark("Group") == 200         # hold gone; the script is at 200
+    assert em.handle(BundleSucceeded(sink.id)) == [JobFinished()]
+    assert em.watermark("Group") == MAX_TIMESTAMP
+
+
+def test_processing_time_is_a_test_clock_under_a_test_stream():
+    em, clock = make(TestStreamScript(["ts"], [
+        EmitElements("ts", "e1"), AdvanceProcessingTime(5.0), EmitElements("ts", "e2")]))
+    start = em.now()
+    [g1] = runs(em.start())
+    clock.now += 100.0                          # real time means nothing here
+    assert em.now() == start
+    out = em.handle(BundleSucceeded(g1.id, timers=(
+        TimerUpdate("proc", "k", "k", fire_at=int((start + 3) * 1e6),
+                    hold=MAX_TIMESTAMP),)))
+    # Advancing the test clock by 5 s fires the timer before e2 arrives.
+    [fired] = runs(out)
+    assert fired.timers == {"proc": ("k",)} and em.now() == start + 5.0
+    assert em.next_wakeup() is None
+    [g2] = runs(em.handle(BundleSucceeded(fired.id)))
+    assert g2.inputs == {"in_ts": ("e2",)}
+    assert em.handle(BundleSucceeded(g2.id)) == [JobFinished()]
+
+
+def test_processing_timers_left_at_the_end_of_a_test_stream_are_dropped():
+    em, _ = make(TestStreamScript(["ts"], [EmitElements("ts", "e1")]))
+    [g1] = runs(em.start())
+    out = em.handle(BundleSucceeded(g1.id, timers=(
+        TimerUpdate("proc", "k", "k", fire_at=int((em.now() + 60) * 1e6),
+                    hold=MAX_TIMESTAMP),)))
+    assert out == [JobFinished()]
+
+
+def test_a_second_test_stream_or_a_produced_buffer_is_refused():
+    em, _ = make(TestStreamScript(["ts"], []))
+    with pytest.raises(ValueError, match="at most one TestStream"):
+        em.add_test_stream(TestStreamScript(["other"], []))
+    em2 = ElementManager(ts_graph(), FakeClock())
+    with pytest.raises(ValueError, match="already has producers"):
+        em2.add_test_stream(TestStreamScript(["g"], []))
+
+
+def test_script_refuses_a_receding_watermark_and_unknown_buffers():
+    script = TestStreamScript(["ts"], [AdvanceWatermark(10), AdvanceWatermark(5)])
+    script.pop()
+    with pytest.raises(ValueError, match="only advance"):
+        script.pop()
+    with pytest.raises(ValueError, match="not one of the stream's outputs"):
+        TestStreamScript(["ts"], [EmitElements("nope", "x")])
+
+
+def test_watermark_propagates_through_stages_with_residual_holds():
+    clock = FakeClock()
+    em = ElementManager(StageGraph.of([
+        StageSpec("Src", (InputSpec("read", "impulse", InputKind.IMPULSE),), ("a",)),
+        StageSpec("Map", (InputSpec("in_a", "a", InputKind.STREAM),), ("b",)),
+        StageSpec("Sink", (InputSpec("in_b", "b", InputKind.STREAM),)),
+    ]), clock)
+    em.add_initial("Src", {"read": ("i",)})
+    [src] = runs(em.start())
+    out = runs(em.handle(BundleSucceeded(
+        src.id, produced={"a": ("x",)}, residuals={"read": ("rest",)},
+        residual_hold=1_000_000, resume_at=clock.now + 1.0)))
+    [m] = out
+    assert em.watermark("Src") == 1_000_000
+    [s] = runs(em.handle(BundleSucceeded(m.id, produced={"b": ("y",)})))
+    assert em.watermark("Map") == 1_000_000      # Map is idle: follows its input
+    assert em.watermark("Sink") == MIN_TIMESTAMP or em.watermark("Sink") <= 1_000_000
+    assert runs(em.handle(BundleSucceeded(s.id))) == []
+    assert em.watermark("Sink") == 1_000_000
+    clock.now += 1.0
+    [again] = runs(em.handle(Tick()))
+    assert again.stage == "Src" and again.hold == 1_000_000
+    assert em.handle(BundleSucceeded(again.id)) == [JobFinished()]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from apache_beam.options.pipeline_options import PipelineOptions, WorkerOptions
@@ -28,6 +29,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("expected a JSON object, got %r: %s"
+                                         % (text, exc)) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, got %r" % text)
+    return value
+
+
 class GpuRunnerOptions(PipelineOptions):
     """GpuRunner's own flags.
 
@@ -51,6 +63,10 @@ class GpuRunnerOptions(PipelineOptions):
         group.add_argument(
             "--ray_address", default=None,
             help="Ray cluster address for --placement=ray (auto, HOST:PORT).")
+        group.add_argument(
+            "--ray_runtime_env", type=_json_object, default=None,
+            help="Ray runtime_env for --placement=ray workers, as JSON, e.g. "
+                 "'{\"py_modules\": [\"my_pkg\"]}' (code not installed on the nodes).")
         group.add_argument(
             "--worker_start_timeout", type=_positive_float, default=60.0,
             help="Seconds a worker may take to connect before the job fails.")

@@ -115,8 +115,22 @@ class GpuRunner(PipelineRunner):
             checker.resolve_any_environments(pipeline_proto))
         stage_context, stages = fuse(pipeline_proto, is_drain=self._is_drain)
         workers = num_workers(options)
-        devices = _device_allocator(gpu_options)
-        pools = plan_pools(stages, stage_context.components, workers, devices)
+        placement = self._placement or _default_placement(gpu_options)
+        devices: Any = None
+
+        def release() -> None:
+            if self._placement is None:
+                placement.close()
+            if devices is not None:
+                devices.close()
+
+        try:
+            # A placement that assigns devices itself (Ray) needs no local leases.
+            devices = None if placement.assigns_devices else _device_allocator(gpu_options)
+            pools = plan_pools(stages, stage_context.components, workers, devices)
+        except BaseException:
+            release()
+            raise
 
         portable = portable_options(options)
         struct = job_utils.dict_to_struct(
@@ -124,29 +138,24 @@ class GpuRunner(PipelineRunner):
         provision = self._provision_info or fn_runner.ExtendedProvisionInfo(
             beam_provision_api_pb2.ProvisionInfo(
                 retrieval_token="unused-retrieval-token", pipeline_options=struct))
-        placement = self._placement or _default_placement(gpu_options)
         registry = WorkerRegistry(provision, host=placement.advertise_host())
         factory = ProcessWorkerFactory(
             registry, placement, dict(stage_context.components.environments),
             options_json(portable), gpu_options.worker_start_timeout,
             devices, pools.stage_names, pools.hint_texts)
         plan = JobPlan(stage_context, stages, pools.pool_of_stage, pools.sizes)
+        registry.on_close(release)   # the job closes the registry when it ends
         job = Job(plan, registry, factory, gpu_options.max_bundle_attempts, workers)
-
-        def finish() -> None:
-            if self._placement is None:
-                placement.close()
-            if devices is not None:
-                devices.close()
-
         job.start()
-        return GpuPipelineResult(job, on_finish=finish)
+        return GpuPipelineResult(job)
 
 
 def _default_placement(options: GpuRunnerOptions) -> Placement:
     if options.placement == "ray":
         from beam_gpu_runner.placement.ray import RayPlacement
-        return RayPlacement(address=options.ray_address)
+        return RayPlacement(address=options.ray_address,
+                            start_timeout=options.worker_start_timeout,
+                            runtime_env=options.ray_runtime_env)
     from beam_gpu_runner.placement.local import LocalPlacement
     return LocalPlacement()
 

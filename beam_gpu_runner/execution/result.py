@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiMetrics
 from apache_beam.runners.runner import PipelineResult, PipelineState
@@ -13,11 +13,9 @@ _LOG = logging.getLogger(__name__)
 
 
 class GpuPipelineResult(PipelineResult):
-    def __init__(self, job: Job, on_finish: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, job: Job) -> None:
         super().__init__(PipelineState.STARTING)
         self._job = job
-        self._on_finish = on_finish
-        self._finished = False
 
     @property
     def state(self) -> str:
@@ -32,7 +30,6 @@ class GpuPipelineResult(PipelineResult):
         done = self._job.wait(None if duration is None else duration / 1000.0)
         if not done:
             return self.state
-        self._finish()
         if self.state == PipelineState.FAILED and self._job.error is not None:
             raise self._job.error
         return self.state
@@ -40,14 +37,7 @@ class GpuPipelineResult(PipelineResult):
     def cancel(self) -> str:
         self._job.cancel()
         self._job.wait()
-        self._finish()
         return self.state
-
-    def _finish(self) -> None:
-        if not self._finished:
-            self._finished = True
-            if self._on_finish is not None:
-                self._on_finish()
 
     def metrics(self) -> FnApiMetrics:
         return FnApiMetrics(self._job.monitoring_infos_by_stage(), user_metrics_only=True)

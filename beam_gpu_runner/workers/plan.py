@@ -90,7 +90,12 @@ def plan_pools(stages: Sequence[translations.Stage],
                num_workers: int, devices: Optional[Any]) -> PoolPlan:
     """Raises InvalidHintError for malformed hints (naming the transforms) and
     the allocator's ResourceShortageError when a GPU stage cannot get even one
-    worker's devices (naming the stage, the hint and the config key)."""
+    worker's devices (naming the stage, the hint and the config key).
+
+    ``devices`` is None when the placement assigns devices itself (Ray): GPU
+    pools then get ``num_workers`` workers and the placement refuses, with its
+    own clear error, what its cluster can never hold.
+    """
     default_env = _default_environment(stages, components)
     pool_of_stage: dict[str, PoolKey] = {}
     stage_names: dict[PoolKey, list[str]] = {}
@@ -106,7 +111,10 @@ def plan_pools(stages: Sequence[translations.Stage],
     gpu_keys = [k for k in stage_names if k.requirements.needs_gpu]
     sizes: dict[PoolKey, int] = {k: num_workers for k in stage_names
                                  if not k.requirements.needs_gpu}
-    sizes.update(gpu_pool_sizes(gpu_keys, devices, num_workers))
+    if devices is None:
+        sizes.update({k: num_workers for k in gpu_keys})
+    else:
+        sizes.update(gpu_pool_sizes(gpu_keys, devices, num_workers))
     for key in gpu_keys:
         if sizes[key] == 0:
             _fail_fast(key, stage_names[key], hint_texts[key], devices)
@@ -118,10 +126,6 @@ def plan_pools(stages: Sequence[translations.Stage],
 
 def _fail_fast(key: PoolKey, stages: list[str], hint: str, devices: Any) -> None:
     """Let the allocator explain why (type mismatch, too few devices)."""
-    if devices is None:
-        raise RuntimeError(
-            "plan_pools: stages %s ask for GPUs (%s) but no device allocator is "
-            "configured" % (stages, hint))
     assignment = devices.acquire(", ".join(stages), key.requirements, hint, "plan-check")
     # The devices were there for one worker alone: another GPU stage of this
     # job took them. Say so rather than hand out an empty set later.

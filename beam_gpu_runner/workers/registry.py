@@ -61,6 +61,7 @@ class WorkerRegistry:
         self._utility_stop: Optional[Callable[[beam_wh.WorkerHandler], None]] = None
         self._utility: Optional[beam_wh.WorkerHandler] = None
         self._utility_lock = threading.Lock()   # starting it takes self._lock
+        self._close_callbacks: list[Callable[[], None]] = []
         self._logs = LogServer()
         self.logging_address = "%s:%d" % (host, self._logs.port)
 
@@ -107,6 +108,10 @@ class WorkerRegistry:
                 self._utility = self._utility_start()
             return self._utility
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` after the services stop (release devices, placement)."""
+        self._close_callbacks.append(callback)
+
     def close(self) -> None:
         with self._utility_lock:
             utility, self._utility = self._utility, None
@@ -116,3 +121,10 @@ class WorkerRegistry:
         if self.grpc_server is not None:
             self.grpc_server.close()
             self.grpc_server = None
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                _LOG.warning("WorkerRegistry.close: cleanup %r failed", callback,
+                             exc_info=True)

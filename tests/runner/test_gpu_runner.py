@@ -113,7 +113,8 @@ def test_user_exception_names_stage_and_step():
             _ = p | beam.Create([7]) | "ExplodeStep" >> beam.Map(explode)
     message = str(info.value)
     assert "ZeroDivisionError: user code divided 7 by zero" in message
-    assert "ExplodeStep" in message and "Stage '" in message
+    assert "[while running 'ExplodeStep']" in message           # the step
+    assert "[GpuRunner: failed in stage 'Create/" in message     # the stage
 
 
 class NeverConnects(LocalPlacement):

@@ -1,0 +1,1 @@
+"""Benchmarks of GpuRunner against Beam's local runner (see benchmarks/README.md)."""

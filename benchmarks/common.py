@@ -1,0 +1,98 @@
+"""What every benchmark shares: runners, options, progress, timing helpers."""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+_LOG = logging.getLogger(__name__)
+
+GPU_RUNNER = "beam_gpu_runner.GpuRunner"
+#: Beam 2.77's DirectRunner first tries to download and start Prism; offline
+#: that fails and it falls back to the FnApiRunner engine. We name that engine
+#: directly so every run measures the same thing without a failed download.
+BASELINE_RUNNER = "FnApiRunner"
+BASELINE_NOTE = ("Beam DirectRunner = FnApiRunner named explicitly (DirectRunner in Beam "
+                 "2.77 first tries to download Prism, which fails offline, then falls back "
+                 "to FnApiRunner)")
+
+RUNNERS = {"gpu": GPU_RUNNER, "direct": BASELINE_RUNNER}
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def ensure_importable_by_workers() -> None:
+    """GpuRunner's worker processes unpickle functions of this package."""
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if _REPO_ROOT not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([_REPO_ROOT] + [p for p in paths if p])
+    if _REPO_ROOT not in sys.path:
+        sys.path.insert(0, _REPO_ROOT)
+
+
+_FAKE_GPU: list[str] | None = None
+
+
+def fake_gpu_args() -> list[str]:
+    """One testing GPU when the host has none (as the MNIST demo does)."""
+    global _FAKE_GPU
+    if _FAKE_GPU is None:
+        from beam_gpu_runner.pipelines.mnist_streaming import StreamingConfig, with_fake_gpu_if_none
+        _FAKE_GPU = with_fake_gpu_if_none(StreamingConfig(), [])
+    return list(_FAKE_GPU)
+
+
+def options(runner: str, num_workers: int = 0, extra: Sequence[str] = ()) -> PipelineOptions:
+    args = ["--runner=%s" % RUNNERS.get(runner, runner)]
+    if runner == "gpu":
+        if num_workers:
+            args.append("--num_workers=%d" % num_workers)
+        args += fake_gpu_args()
+    args += list(extra)
+    return PipelineOptions(args)
+
+
+@dataclass(frozen=True)
+class Machine:
+    cores: int
+    python: str
+    beam: str
+    jax: str
+    platform: str
+
+    @classmethod
+    def here(cls) -> "Machine":
+        import apache_beam
+        import jax
+        return cls(cores=os.cpu_count() or 1, python=platform.python_version(),
+                   beam=apache_beam.__version__, jax=jax.__version__,
+                   platform=platform.platform())
+
+
+class Progress:
+    """One line per step on stderr, with the time since the harness started."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self._t0 = time.monotonic()
+        self._quiet = quiet
+
+    def __call__(self, fmt: str, *args: object) -> None:
+        if not self._quiet:
+            print("[%6.1fs] %s" % (time.monotonic() - self._t0, fmt % args),
+                  file=sys.stderr, flush=True)
+
+
+def median_of(fn: Callable[[], float], repeats: int) -> tuple[float, list[float]]:
+    samples = [fn() for _ in range(repeats)]
+    return statistics.median(samples), samples
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("inf")

@@ -1,0 +1,73 @@
+"""Start-up: wall time of a 1-element job, cold (new job) and warm (job server)."""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from benchmarks.common import options
+
+_LOG = logging.getLogger(__name__)
+
+
+def _plus_one(x: int) -> int:
+    return x + 1
+
+
+def _one_element(pipeline: beam.Pipeline) -> None:
+    _ = pipeline | beam.Create([1]) | beam.Map(_plus_one)
+
+
+@dataclass(frozen=True)
+class StartupRun:
+    mode: str           # cold-gpu, cold-direct, warm-jobserver
+    median_s: float
+    samples_s: list[float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _time_job(opts: PipelineOptions) -> float:
+    pipeline = beam.Pipeline(options=opts)
+    _one_element(pipeline)
+    started = time.perf_counter()
+    state = pipeline.run().wait_until_finish()
+    elapsed = time.perf_counter() - started
+    if state not in (None, "DONE"):
+        raise RuntimeError("1-element job ended %s" % state)
+    return elapsed
+
+
+def cold(runner: str, repeats: int) -> StartupRun:
+    """A new job each time: ``Pipeline.run()`` to done, in this process."""
+    samples = [_time_job(options(runner, 1)) for _ in range(repeats)]
+    return StartupRun("cold-%s" % runner, statistics.median(samples), samples)
+
+
+def warm_job_server(repeats: int, warmup: int = 1) -> StartupRun:
+    """A JobServer kept running; submit-to-DONE of a 1-element PortableRunner job.
+
+    The client uses ``--environment_type=LOOPBACK`` (user code in the client's
+    worker pool, as submit_mnist does); the server runs GpuRunner.
+    """
+    from beam_gpu_runner.jobservice.executor import GpuRunnerExecutor
+    from beam_gpu_runner.jobservice.server import JobServer
+    server = JobServer(GpuRunnerExecutor(), port=0)
+    server.start()
+    try:
+        def opts() -> PipelineOptions:
+            return PipelineOptions(["--runner=PortableRunner",
+                                    "--job_endpoint=%s" % server.endpoint,
+                                    "--environment_type=LOOPBACK"])
+        for _ in range(warmup):
+            _time_job(opts())
+        samples = [_time_job(opts()) for _ in range(repeats)]
+    finally:
+        server.stop()
+    return StartupRun("warm-jobserver", statistics.median(samples), samples)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Protocol
+from typing import Any, Mapping, Optional, Protocol
 
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
@@ -48,8 +48,8 @@ class ProcessWorkerFactory:
         pipeline_options_json: str,
         start_timeout: float,
         devices: Optional[DeviceSource],
-        stage_names: dict[PoolKey, list[str]],
-        hint_texts: dict[PoolKey, str],
+        stage_names: Mapping[PoolKey, list[str]],
+        hint_texts: Mapping[PoolKey, str],
     ) -> None:
         self._registry = registry
         self._placement = placement

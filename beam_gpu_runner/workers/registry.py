@@ -54,8 +54,10 @@ class WorkerRegistry:
         self._descriptors: dict[str, beam_fn_api_pb2.ProcessBundleDescriptor] = {}
         self._workers: dict[str, beam_wh.WorkerHandler] = {}
         self._lock = threading.Lock()
+        # Beam types this as its WorkerHandlerManager; we provide the two
+        # methods it calls (get_process_bundle_descriptor, get_worker).
         self.grpc_server: Optional[beam_wh.GrpcServer] = beam_wh.GrpcServer(
-            self.state_servicer, provision_info, self)
+            self.state_servicer, provision_info, self)  # type: ignore[arg-type]
         self._endpoints = _Endpoints(host, self.grpc_server, self)
         self._utility_start: Optional[Callable[[], beam_wh.WorkerHandler]] = None
         self._utility_stop: Optional[Callable[[beam_wh.WorkerHandler], None]] = None

@@ -21,7 +21,7 @@ cd /tmp   # so the checkout's folders do not shadow the installed package
       --timeout 300 -c pytest.ini . )
   echo "== MNIST streaming on the GPU, 100k images unthrottled"
   python3 -m beam_gpu_runner.pipelines.mnist_streaming --rate=0 --num_images=100000 \
-      --batch_size=1000 --output=/dev/null --nofake_gpu_when_none
+      --batch_size=1000 --output=/tmp/gpu-preds --nofake_gpu_when_none
   if [ -f "$REPO/benchmarks/run.py" ]; then
     echo "== benchmarks (quick)"
     (cd "$REPO" && PYTHONPATH=/tmp/site python3 -m benchmarks.run --quick --out "$OUT")

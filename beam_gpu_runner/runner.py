@@ -23,6 +23,7 @@ from beam_gpu_runner.execution.result import GpuPipelineResult
 from beam_gpu_runner.options import GpuRunnerOptions, num_workers
 from beam_gpu_runner.placement.api import Placement
 from beam_gpu_runner.preprocess.fusion import fuse
+from beam_gpu_runner.preprocess.requirements import check_requirements
 from beam_gpu_runner.workers.plan import plan_pools
 from beam_gpu_runner.workers.factory import ProcessWorkerFactory
 from beam_gpu_runner.workers.registry import WorkerRegistry
@@ -109,8 +110,7 @@ class GpuRunner(PipelineRunner):
         gpu_options = options.view_as(GpuRunnerOptions)
         validate_pipeline_graph(pipeline_proto)
         checker = fn_runner.FnApiRunner()
-        checker._validate_requirements(pipeline_proto)
-        checker._check_requirements(pipeline_proto)
+        check_requirements(pipeline_proto)   # FnApiRunner's, plus TestStream
         pipeline_proto = merge_common_environments(
             checker.resolve_any_environments(pipeline_proto))
         stage_context, stages = fuse(pipeline_proto, is_drain=self._is_drain)
@@ -127,7 +127,8 @@ class GpuRunner(PipelineRunner):
         try:
             # A placement that assigns devices itself (Ray) needs no local leases.
             devices = None if placement.assigns_devices else _device_allocator(gpu_options)
-            pools = plan_pools(stages, stage_context.components, workers, devices)
+            pools = plan_pools(stages, stage_context.components, workers,
+                               placement if placement.assigns_devices else devices)
         except BaseException:
             release()
             raise

@@ -137,8 +137,8 @@ def with_fake_gpu_if_none(config: StreamingConfig, pipeline_args: Sequence[str]
     """
     args = list(pipeline_args)
     if (config.runner != DEFAULT_RUNNER or not config.accelerator
-            or any(a.startswith("--external_resource") for a in args)):
-        return args
+            or any(a.startswith(("--external_resource", "--placement=ray")) for a in args)):
+        return args   # explicit resources, or Ray (which assigns devices itself)
     from beam_gpu_runner.resources.assignment import DeviceAllocator
     from beam_gpu_runner.resources.config import ExternalResourceConfig
     with DeviceAllocator(ExternalResourceConfig.default()) as allocator:

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from beam_gpu_runner.resources.hints import is_vendor_only
 from beam_gpu_runner.placement.api import WorkerLaunch
 from beam_gpu_runner.placement.ray_actor import (
     HarnessActor, HarnessSpec, HarnessStarted, describe_returncode)
@@ -158,7 +159,8 @@ class RayRequest:
             memory=requirements.min_ram_bytes or None,
             accelerator_type=(
                 ray_accelerator_type(requirements.accelerator_type, accelerator_overrides)
-                if requirements.accelerator_type and gpus > 0 else None))
+                if requirements.accelerator_type and gpus > 0
+                and not is_vendor_only(requirements.accelerator_type) else None))
 
 
 def _descriptor(address: str) -> str:
@@ -415,6 +417,22 @@ class RayPlacement:
         import ray.util
 
         return str(ray.util.get_node_ip_address())
+
+    def matching_devices(self, requirements: StageRequirements) -> int:
+        """GPUs in the cluster a worker with ``requirements`` could use
+        (all GPUs, or those labelled with its accelerator type)."""
+        self._ensure_connected()
+        import ray
+
+        resources = ray.cluster_resources()
+        total = int(resources.get("GPU", 0))
+        request = RayRequest.of(requirements, self.default_num_cpus, self.accelerator_types)
+        if request.accelerator_type is None:
+            return total
+        label = _ACCELERATOR_PREFIX + request.accelerator_type
+        # Ray counts a label as 1 per node that has it, not per GPU.
+        nodes = [n for n in ray.nodes() if n.get("Alive") and label in n.get("Resources", {})]
+        return sum(int(n["Resources"].get("GPU", 0)) for n in nodes)
 
     # -- workers ----------------------------------------------------------
 

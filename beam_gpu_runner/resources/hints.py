@@ -142,6 +142,12 @@ def _tokens(text: str) -> list[str]:
     return [t for t in re.split(r"[^a-z0-9]+", text.lower()) if t]
 
 
+def is_vendor_only(accelerator_type: Optional[str]) -> bool:
+    """True for types that name no model ("nvidia", "nvidia-gpu"): any GPU will do."""
+    tokens = _tokens(accelerator_type or "")
+    return bool(tokens) and all(t in _NON_MODEL_TOKENS for t in tokens)
+
+
 def accelerator_matches(accelerator_type: Optional[str], device_name: Optional[str],
                         memory_bytes: Optional[int] = None) -> bool:
     """Whether a device called ``device_name`` is of Beam/GCP type ``accelerator_type``.
@@ -159,12 +165,11 @@ def accelerator_matches(accelerator_type: Optional[str], device_name: Optional[s
         return True
     if not device_name:
         return False
+    if is_vendor_only(accelerator_type):
+        # Any device the GPU driver found: NVML only reports NVIDIA devices,
+        # and their names do not always say "NVIDIA" ("Tesla T4").
+        return True
     wanted = [t for t in _tokens(accelerator_type) if t not in _NON_MODEL_TOKENS]
-    if not wanted:
-        # A vendor-only type ("nvidia", "nvidia-gpu") asks for any device the
-        # GPU driver found: NVML only reports NVIDIA devices, and their names
-        # do not always say "NVIDIA" ("Tesla T4").
-        return bool(_tokens(accelerator_type))
     have = set(_tokens(device_name))
     name_memory = {t for t in have if _MEMORY_TOKEN.match(t)}
     for token in wanted:

@@ -44,7 +44,10 @@ def _default_environment(stages: Sequence[translations.Stage],
 
 
 def matching_devices(devices: Any, req: StageRequirements) -> int:
-    """How many of this host's GPUs are of the type ``req`` asks for."""
+    """How many GPUs are of the type ``req`` asks for: the local allocator's,
+    or those of a placement that assigns devices itself (Ray)."""
+    if devices is not None and hasattr(devices, "matching_devices"):
+        return int(devices.matching_devices(req))
     gpus = devices.devices().get("gpu", ()) if devices is not None else ()
     return sum(1 for g in gpus if accelerator_matches(
         req.accelerator_type, g.get_property("name"),
@@ -92,9 +95,10 @@ def plan_pools(stages: Sequence[translations.Stage],
     the allocator's ResourceShortageError when a GPU stage cannot get even one
     worker's devices (naming the stage, the hint and the config key).
 
-    ``devices`` is None when the placement assigns devices itself (Ray): GPU
-    pools then get ``num_workers`` workers and the placement refuses, with its
-    own clear error, what its cluster can never hold.
+    ``devices`` is the local DeviceAllocator, or a placement that assigns
+    devices itself (Ray, with ``matching_devices``): pools are sized from what
+    its cluster has, and the placement refuses, with its own clear error, what
+    the cluster can never hold. None: GPU pools get ``num_workers`` workers.
     """
     default_env = _default_environment(stages, components)
     pool_of_stage: dict[str, PoolKey] = {}
@@ -117,6 +121,9 @@ def plan_pools(stages: Sequence[translations.Stage],
         sizes.update(gpu_pool_sizes(gpu_keys, devices, num_workers))
     for key in gpu_keys:
         if sizes[key] == 0:
+            if not hasattr(devices, "acquire"):
+                sizes[key] = 1   # the placement explains when its worker cannot start
+                continue
             _fail_fast(key, stage_names[key], hint_texts[key], devices)
     for key, size in sizes.items():
         _LOG.info("Pool %s: %d worker(s) for %d stage(s)", key.describe(), size,

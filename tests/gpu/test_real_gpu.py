@@ -65,10 +65,10 @@ def test_hinted_stage_computes_on_its_leased_gpu(tmp_path):
     assert platform == "gpu" and total == 12.0
 
 
-def test_mnist_streaming_on_cuda_matches_offline_accuracy():
+def test_mnist_streaming_on_cuda_matches_offline_accuracy(tmp_path):
     _gpu_names()
     from beam_gpu_runner.pipelines import mnist_streaming
-    config = mnist_streaming.StreamingConfig(rate=0, num_images=10000, output="/dev/null")
+    config = mnist_streaming.StreamingConfig(rate=0, num_images=10000, output=str(tmp_path / "preds"))
     summary = mnist_streaming.run(config, ["--num_workers=2"], fake_gpu_when_none=False)
     assert summary.images == 10000 and summary.correct == 9254
     assert set(summary.images_by_device) == {"gpu:0"}, summary

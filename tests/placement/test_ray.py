@@ -372,3 +372,21 @@ def test_gpu_runner_runs_a_hinted_stage_on_ray_workers(ray_cluster) -> None:
         placement.close()
     _eventually(lambda: ray.available_resources().get("GPU") == 4, 10,
                 "the job's GPUs to be free again")
+
+
+def test_mnist_streaming_runs_on_ray_placement(ray_cluster, tmp_path) -> None:
+    from beam_gpu_runner.pipelines import mnist_streaming
+
+    config = mnist_streaming.StreamingConfig(
+        rate=0, num_images=2000, output=str(tmp_path / "preds"))
+    summary = mnist_streaming.run(config, ["--placement=ray", "--num_workers=2"])
+    assert summary.images == 2000
+    # Offline accuracy of the bundled model on the first 2,000 test images.
+    from beam_gpu_runner.transforms import bundled
+    from beam_gpu_runner.transforms.classifier import evaluate
+    from beam_gpu_runner.transforms.idx import read_mnist
+    data = read_mnist(bundled.test_images_path(), bundled.test_labels_path())
+    assert summary.correct == evaluate(
+        bundled.default_model_path(), data.images[:2000], data.labels[:2000]).correct
+    _eventually(lambda: ray.available_resources().get("GPU") == 4, 10,
+                "the job's GPUs to be free again")

@@ -114,3 +114,10 @@ def test_placement_modules_import_without_ray() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True,
                             text=True, timeout=60, env=dict(os.environ))
     assert result.returncode == 0, result.stderr
+
+
+def test_vendor_only_type_asks_ray_for_any_gpu() -> None:
+    from beam_gpu_runner.placement.ray import RayRequest
+    for vendor in ("nvidia", "nvidia-gpu"):
+        request = RayRequest.of(StageRequirements(gpu_count=1, accelerator_type=vendor), 0.0)
+        assert request.num_gpus == 1.0 and request.accelerator_type is None

@@ -9,7 +9,10 @@ replay loops over the set. Claiming whole batches keeps every split exact.
 Rate limiting: batch ``k`` is due at ``t0 + k*B/rate`` (``t0``: the wall time
 the replay started); when the next one is not due yet the DoFn checkpoints with
 ``defer_remainder(delay)``. It also checkpoints after ``max_call_seconds`` of
-work, so that a runner sees output bundles of an endless replay.
+work, so that a runner sees output bundles of an endless replay. The default,
+0.1 s, lets downstream stages start on a bundle while the replay emits the
+next (with 1.0 s GpuRunner's steady MNIST throughput was ~35% lower; see
+benchmarks/README.md).
 
 Each batch's event timestamp is its emission wall time (also carried in
 ``ImageBatch.emitted_at`` for latency), and the watermark is wall time
@@ -175,7 +178,7 @@ class ReplayMnist(beam.PTransform):
 
     def __init__(self, images_path: Optional[str] = None, labels_path: Optional[str] = None,
                  batch_size: int = 100, rate: float = 0.0, num_images: int = 10000,
-                 max_call_seconds: float = 1.0) -> None:
+                 max_call_seconds: float = 0.05) -> None:
         super().__init__()
         self.config = ReplayConfig(
             images_path=images_path or bundled.test_images_path(),

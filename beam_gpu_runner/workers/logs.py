@@ -13,6 +13,9 @@ from apache_beam.utils import thread_pool_executor
 _LOG = logging.getLogger("beam_gpu_runner.worker")
 
 _BEAM_SOURCE = "/apache_beam/"
+#: Warnings every harness prints at start when no main session was staged
+#: (the normal case for GpuRunner's own workers): not worth a user's attention.
+_STARTUP_NOISE = ("No session file found", "No semi_persistent_directory found")
 
 
 class WorkerLogService(beam_fn_api_pb2_grpc.BeamFnLoggingServicer):
@@ -25,7 +28,9 @@ class WorkerLogService(beam_fn_api_pb2_grpc.BeamFnLoggingServicer):
         for message in log_messages:
             for entry in message.log_entries:
                 level = LOGENTRY_TO_LOG_LEVEL_MAP.get(entry.severity, logging.INFO)
-                if level < logging.WARNING and _BEAM_SOURCE in entry.log_location:
+                if _BEAM_SOURCE in entry.log_location and (
+                        level < logging.WARNING
+                        or entry.message.startswith(_STARTUP_NOISE)):
                     # The harness's own start/stop chatter; user code keeps its level.
                     level = logging.DEBUG
                 if _LOG.isEnabledFor(level):

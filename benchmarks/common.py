@@ -29,12 +29,16 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def ensure_importable_by_workers() -> None:
-    """GpuRunner's worker processes unpickle functions of this package."""
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    """GpuRunner's worker processes unpickle functions of this package.
+
+    The repository root goes last on PYTHONPATH so that a ``beam_gpu_runner``
+    already on the path (e.g. a snapshot under test) keeps precedence.
+    """
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if _REPO_ROOT not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([_REPO_ROOT] + [p for p in paths if p])
+        os.environ["PYTHONPATH"] = os.pathsep.join(paths + [_REPO_ROOT])
     if _REPO_ROOT not in sys.path:
-        sys.path.insert(0, _REPO_ROOT)
+        sys.path.append(_REPO_ROOT)
 
 
 _FAKE_GPU: list[str] | None = None
@@ -87,6 +91,19 @@ class Progress:
         if not self._quiet:
             print("[%6.1fs] %s" % (time.monotonic() - self._t0, fmt % args),
                   file=sys.stderr, flush=True)
+
+
+def code_version() -> dict[str, str]:
+    """The commit measured, and which ``beam_gpu_runner`` was imported."""
+    import subprocess
+
+    import beam_gpu_runner
+    try:
+        commit = subprocess.run(["git", "-C", _REPO_ROOT, "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"commit": commit, "beam_gpu_runner": os.path.dirname(beam_gpu_runner.__file__)}
 
 
 def median_of(fn: Callable[[], float], repeats: int) -> tuple[float, list[float]]:

@@ -66,6 +66,7 @@ def run_all(sizes: Sizes, progress: common.Progress, batch_size: int = 100
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "mode": sizes.mode, "sizes": asdict(sizes), "machine": asdict(machine),
         "baseline": common.BASELINE_NOTE, "batch_size": batch_size,
+        "code": common.code_version(),
     }
     workers = max(sizes.scaling)
 
@@ -201,13 +202,14 @@ def plot(out: dict[str, Any], path: str) -> None:
 
     def bars(ax: Any, values: dict[str, float], title: str, unit: str) -> None:
         names = list(values)
-        ax.bar(names, [values[n] for n in names],
+        ax.bar([n.replace(" ", "\n") for n in names], [values[n] for n in names],
                color=[colors.get(n.split(" ")[0], colors.get(n, "tab:orange"))
                       for n in names])
         for i, n in enumerate(names):
             ax.text(i, values[n], "%.3g" % values[n], ha="center", va="bottom", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(unit)
+        ax.tick_params(axis="x", labelsize=8)
 
     bars(axes[0, 0], {"GpuRunner": st[gpu_key]["steady_images_per_s"],
                       "DirectRunner": st["direct"]["steady_images_per_s"],
@@ -280,12 +282,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--results_dir", default=os.path.join(HERE, "results"))
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--replot", metavar="JSON",
+                        help="only redraw the plot and table of a results file")
     parser.add_argument("--log_level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # absl (JAX) and Beam log at INFO through the root logger; keep the table readable.
     logging.getLogger().setLevel(getattr(logging, args.log_level.upper()))
+    if args.replot:
+        with open(args.replot, encoding="utf-8") as f:
+            saved = json.load(f)
+        plot(saved, os.path.splitext(args.replot)[0] + ".png")
+        print(table(saved))
+        return 0
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     progress = common.Progress(args.quiet)
     out = run_all(MODES[mode], progress, args.batch_size)

@@ -67,6 +67,13 @@ class _StageState:
         return not (self.ready or self.delayed or self.barrier
                     or self.timers or self.in_flight)
 
+    def pending_input_hold(self) -> Micros:
+        """The earliest hold of data bundles delivered from upstream and not
+        yet done (not residuals of its own, not timers, not held barriers)."""
+        bundles = list(self.ready) + list(self.in_flight.values())
+        return min((b.hold for b in bundles if b.inputs and not b.residual),
+                   default=MAX_TIMESTAMP)
+
     def hold(self) -> Micros:
         holds = [b.hold for b in self.ready]
         holds += [b.hold for _, _, b in self.delayed]
@@ -188,8 +195,8 @@ class ElementManager:
             for consumer, transform in self._graph.consumers.get(buffer, ()):
                 self._deliver(consumer, transform, payloads, produced_hold)
         if event.residuals:
-            residual = self._new_bundle(
-                bundle.stage, dict(event.residuals), event.residual_hold)
+            residual = replace(self._new_bundle(
+                bundle.stage, dict(event.residuals), event.residual_hold), residual=True)
             if event.resume_at > self._clock():
                 heapq.heappush(state.delayed,
                                (event.resume_at, next(self._seq), residual))
@@ -367,9 +374,13 @@ class ElementManager:
                    default=MAX_TIMESTAMP)
 
     def _input_watermark(self, spec: StageSpec) -> Micros:
+        """Upstream output watermarks, held back by this stage's own pending
+        input data (delivered, not yet processed), as Beam's model asks: a
+        stage never sees its input watermark pass elements it has yet to read."""
         buffers = [i.buffer for i in spec.inputs if i.kind is not InputKind.IMPULSE]
         buffers += list(spec.side_inputs)
-        return min((self._buffer_watermark(b) for b in buffers), default=MAX_TIMESTAMP)
+        upstream = min((self._buffer_watermark(b) for b in buffers), default=MAX_TIMESTAMP)
+        return min(upstream, self._stages[spec.name].pending_input_hold())
 
     def _update_watermarks(self) -> None:
         # Stages arrive topologically sorted; iterate to a fixpoint anyway so

@@ -25,6 +25,9 @@ class Bundle:
     #: output watermark while the bundle is pending or running.
     hold: Micros = MIN_TIMESTAMP
     attempt: int = 1
+    #: Unprocessed input the stage handed back (SDF residual): its hold is the
+    #: stage's own output estimate, not upstream data still to be read.
+    residual: bool = False
 
 
 @dataclass(frozen=True)

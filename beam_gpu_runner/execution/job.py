@@ -22,13 +22,17 @@ from apache_beam.runners.runner import PipelineState
 
 from beam_gpu_runner.engine.element_manager import ElementManager
 from beam_gpu_runner.engine.events import (
-    Bundle, BundleFailed, Event, Instruction, JobFailed, JobFinished, RunBundle, Tick)
+    Bundle, BundleFailed, BundleSucceeded, Event, Instruction, JobFailed, JobFinished,
+    RunBundle, Tick)
 from beam_gpu_runner.engine.graph import InputKind, StageGraph
 from beam_gpu_runner.execution.attempt import AttemptResult, run_attempt
 from beam_gpu_runner.execution.errors import JobCancelledError, JobFailedError
+from beam_gpu_runner.execution.grouping import StreamingGroupByKey, grouping_for
 from beam_gpu_runner.execution.results import ResidualBuffer, ResultCollector
+from beam_gpu_runner.execution.test_stream import build_script
 from beam_gpu_runner.preprocess.stage_graph import (
-    IMPULSE, build_stage_graph, split_timer_family_key, stage_label)
+    IMPULSE, build_stage_graph, group_buffers, grouping_stage, is_streaming,
+    split_timer_family_key, stage_label)
 from beam_gpu_runner.workers.errors import WorkerLostError
 from beam_gpu_runner.workers.pool import PoolKey, WorkerFactory, WorkerPool
 
@@ -87,6 +91,9 @@ class Job:
         self.error: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
         self._done = threading.Event()
+        #: streaming GroupByKey stages, run on the driver thread
+        self._groupings: dict[str, StreamingGroupByKey] = {}
+        self._engine: Optional[ElementManager] = None
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -136,7 +143,9 @@ class Job:
 
     def _run(self) -> None:
         plan = self._plan
-        graph = build_stage_graph(plan.stages)
+        streaming = is_streaming(plan.stage_context.components)
+        graph = build_stage_graph(plan.stages, streaming)
+        groups = group_buffers(plan.stages) if streaming else []
         context = beam_exec.FnApiRunnerExecutionContext(
             plan.stages, self._registry, plan.stage_context.components,
             plan.stage_context.safe_coders, plan.stage_context.data_channel_coders,
@@ -153,8 +162,15 @@ class Job:
             utility_key = min(plan.pool_sizes, key=lambda k: k.requirements.needs_gpu)
             self._registry.set_utility_worker_factory(
                 lambda: self._factory.start(utility_key), self._factory.stop)
-            collector = ResultCollector(context, self._split_parts(graph))
+            collector = ResultCollector(context, self._split_parts(graph),
+                                        cut_by_window=not streaming)
             engine = ElementManager(graph, self._clock, self._max_attempts)
+            self._engine = engine
+            for group in groups:
+                self._groupings[grouping_stage(group)] = grouping_for(context, group)
+            script = build_script(context)
+            if script is not None:
+                engine.add_test_stream(script)
             for stage_name, inputs in initial:
                 engine.add_initial(stage_name, inputs)
             self._set_state(PipelineState.RUNNING)
@@ -184,8 +200,13 @@ class Job:
                 item = None
             if item is _CANCEL or self._cancelled.is_set():
                 raise JobCancelledError("the job was cancelled")
-            event: Event = Tick() if item is None else self._to_event(
-                item, stage_contexts, collector)
+            event: Event
+            if item is None:
+                event = Tick()
+            elif isinstance(item, (BundleSucceeded, BundleFailed)):
+                event = item
+            else:
+                event = self._to_event(item, stage_contexts, collector)
             instructions = engine.handle(event)
 
     def _to_event(self, outcome: _Outcome,
@@ -215,6 +236,9 @@ class Job:
     def _dispatch(self, bundle: Bundle, graph: StageGraph,
                   stage_contexts: Mapping[str, beam_exec.BundleContextManager],
                   tokens: Any) -> None:
+        if bundle.stage in self._groupings:
+            self._events.put(self._run_grouping(bundle))
+            return
         bcm = stage_contexts[bundle.stage]
         inputs = self._build_inputs(bundle, graph, bcm)
         timers = self._build_timers(bundle, bcm)
@@ -239,6 +263,18 @@ class Job:
                 self._events.put(_Outcome(bundle, error=exc, lost=False))
 
         future.add_done_callback(report)
+
+    def _run_grouping(self, bundle: Bundle) -> Event:
+        engine = self._engine
+        assert engine is not None
+        try:
+            return self._groupings[bundle.stage].run(
+                bundle, engine.input_watermark(bundle.stage),
+                engine.watermark(bundle.stage), engine.now())
+        except Exception as exc:   # user windowing/trigger code, or a bad coder
+            return BundleFailed(bundle.id, "GroupByKey %s failed in bundle %s: %s: %s" % (
+                bundle.stage, bundle.id, type(exc).__name__, exc),
+                retriable=False, cause=exc)
 
     def _build_inputs(self, bundle: Bundle, graph: StageGraph,
                       bcm: beam_exec.BundleContextManager
@@ -283,6 +319,8 @@ class Job:
         """Cut stream outputs into as many pieces as the consumer pool has workers."""
         parts: dict[str, int] = {}
         for stage in graph.stages:
+            if stage.name not in self._plan.pool_of_stage:
+                continue   # runner-side (streaming GroupByKey)
             size = self._plan.pool_sizes.get(self._plan.pool_of_stage[stage.name], 1)
             for input_spec in stage.inputs:
                 if input_spec.kind is InputKind.STREAM and not stage.stateful:

@@ -58,7 +58,7 @@ def split_for_consumers(buffer: beam_exec.ListBuffer, parts: int) -> tuple[Paylo
     return tuple(out)
 
 
-def _micros(ts: "beam_exec.timestamp.Timestamp") -> Micros:
+def _micros(ts: Any) -> Micros:
     return int(ts.micros)
 
 
@@ -128,8 +128,11 @@ class ResultCollector:
     """Per-job: side-input commits and output fan-out."""
 
     def __init__(self, context: beam_exec.FnApiRunnerExecutionContext,
-                 split_parts: Mapping[str, int]) -> None:
+                 split_parts: Mapping[str, int], cut_by_window: bool = True) -> None:
         self._context = context
+        #: batch: GroupByKey input is cut by window for release as the
+        #: watermark passes; streaming: it goes whole to the grouping stage
+        self._cut_by_window = cut_by_window
         #: buffer name -> how many pieces to cut it into for its consumers
         self._split_parts = split_parts
         self._window_coders: dict[bytes, Any] = {}
@@ -146,7 +149,7 @@ class ResultCollector:
                 continue
             self._commit_side_inputs(stage_name, buffer_id, buffer)
             name = buffer_name(buffer_id)
-            if buffer_id.startswith(b"group:"):
+            if buffer_id.startswith(b"group:") and self._cut_by_window:
                 produced[name] = self._by_window(buffer_id, buffer)
             else:
                 produced[name] = split_for_consumers(buffer, self._split_parts.get(name, 1))

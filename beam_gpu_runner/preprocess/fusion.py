@@ -7,6 +7,8 @@ from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import translations
 
+from beam_gpu_runner.preprocess.test_stream import test_stream_to_input
+
 #: Beam's phases, in FnApiRunner's order. Beam refuses to fuse transforms whose
 #: environments differ, and each distinct set of resource hints is its own
 #: environment, so hinted transforms land in their own stages.
@@ -21,6 +23,7 @@ PHASES = (
     translations.greedily_fuse,
     translations.read_to_impulse,
     translations.impulse_to_input,
+    test_stream_to_input,
     translations.sort_stages,
     translations.add_impulse_to_dangling_transforms,
     translations.setup_timer_mapping,

@@ -13,6 +13,27 @@ from beam_gpu_runner.engine.graph import (
 
 IMPULSE = translations.IMPULSE_BUFFER.decode("ascii")
 
+#: Streaming GroupByKey runs runner-side, as a stage of its own with these
+#: timer families (Beam's trigger driver: event- and processing-time timers).
+GROUPING_EVENT_TIMERS = "event"
+GROUPING_PROCESSING_TIMERS = "processing"
+
+
+def is_streaming(components: beam_runner_api_pb2.Components) -> bool:
+    """A pipeline with an unbounded PCollection runs as a streaming job."""
+    unbounded = beam_runner_api_pb2.IsBounded.UNBOUNDED
+    return any(pc.is_bounded == unbounded for pc in components.pcollections.values())
+
+
+def grouping_stage(group_buffer: str) -> str:
+    """The runner-side stage that groups ``group_buffer`` with triggers."""
+    return "gbk[%s]" % group_buffer
+
+
+def grouped_buffer(group_buffer: str) -> str:
+    """What the runner-side grouping stage writes for the consumer."""
+    return "grouped:%s" % group_buffer.split(":", 1)[1]
+
 
 def buffer_name(buffer_id: bytes) -> str:
     return buffer_id.decode("utf-8")
@@ -28,7 +49,7 @@ def split_timer_family_key(key: str) -> tuple[str, str]:
     return transform_id, family
 
 
-def stage_spec(stage: translations.Stage) -> StageSpec:
+def stage_spec(stage: translations.Stage, streaming: bool = False) -> StageSpec:
     stateful = stage.is_stateful()
     inputs: list[InputSpec] = []
     outputs: list[str] = []
@@ -41,7 +62,11 @@ def stage_spec(stage: translations.Stage) -> StageSpec:
             else:
                 kind_name, _ = translations.split_buffer_id(buffer_id)
                 kind = InputKind.BARRIER if kind_name == "group" else InputKind.STREAM
-            inputs.append(InputSpec(t.unique_name, buffer_name(buffer_id), kind))
+            name = buffer_name(buffer_id)
+            if kind is InputKind.BARRIER and streaming:
+                # Fed, pane by pane, by the runner-side grouping stage.
+                kind, name = InputKind.STREAM, grouped_buffer(name)
+            inputs.append(InputSpec(t.unique_name, name, kind))
         elif t.spec.urn == bundle_processor.DATA_OUTPUT_URN:
             outputs.append(buffer_name(t.spec.payload))
         elif t.spec.urn in translations.PAR_DO_URNS:
@@ -60,9 +85,41 @@ def stage_spec(stage: translations.Stage) -> StageSpec:
                      stateful=stateful)
 
 
-def build_stage_graph(stages: Iterable[translations.Stage]) -> StageGraph:
-    """Must run before Beam's execution context rewrites the data payloads."""
-    return StageGraph.of(stage_spec(s) for s in stages)
+def grouping_spec(group_buffer: str) -> StageSpec:
+    return StageSpec(
+        name=grouping_stage(group_buffer),
+        inputs=(InputSpec(grouping_stage(group_buffer), group_buffer, InputKind.STREAM),),
+        outputs=(grouped_buffer(group_buffer),),
+        timer_families=(TimerFamily(GROUPING_EVENT_TIMERS),
+                        TimerFamily(GROUPING_PROCESSING_TIMERS, processing_time=True)),
+        stateful=True)
+
+
+def group_buffers(stages: Iterable[translations.Stage]) -> list[str]:
+    """The GroupByKey buffers the stages write, in order."""
+    out: list[str] = []
+    for stage in stages:
+        for t in stage.transforms:
+            if (t.spec.urn == bundle_processor.DATA_OUTPUT_URN
+                    and t.spec.payload.startswith(b"group:")):
+                name = buffer_name(t.spec.payload)
+                if name not in out:
+                    out.append(name)
+    return out
+
+
+def build_stage_graph(stages: Iterable[translations.Stage],
+                      streaming: bool = False) -> StageGraph:
+    """Must run before Beam's execution context rewrites the data payloads.
+
+    ``streaming``: each GroupByKey becomes a runner-side grouping stage (see
+    ``execution.grouping``) between its writers and its reader.
+    """
+    stage_list = list(stages)
+    specs = [stage_spec(s, streaming) for s in stage_list]
+    if streaming:
+        specs += [grouping_spec(b) for b in group_buffers(stage_list)]
+    return StageGraph.of(specs)
 
 
 def environments_of(stages: Iterable[translations.Stage]) -> Mapping[str, str]:

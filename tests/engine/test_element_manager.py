@@ -301,12 +301,15 @@ def test_event_timers_wait_for_the_input_watermark():
         residual_hold=50)))
     t = next(b for b in out if b.stage == "T")
     rest = next(b for b in out if b.stage == "Src")
-    assert em.input_watermark("T") == 50
+    # T's own unread input (held at Src's watermark when it was produced)
+    # holds T's input watermark until T has read it.
+    assert em.input_watermark("T") == MIN_TIMESTAMP
     [early] = runs(em.handle(BundleSucceeded(t.id, timers=(
         TimerUpdate("f", "k", "early", fire_at=40, hold=40),
         TimerUpdate("f", "j", "late", fire_at=60, hold=60),
     ))))
     assert early.timers == {"f": ("early",)}
+    assert em.input_watermark("T") == 50
     assert em.watermark("T") == 40          # the firing bundle holds it
     assert runs(em.handle(BundleSucceeded(early.id))) == []
     assert em.watermark("T") == 50          # "late" waits for the watermark

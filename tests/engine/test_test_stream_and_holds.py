@@ -149,3 +149,14 @@ def test_watermark_propagates_through_stages_with_residual_holds():
     [again] = runs(em.handle(Tick()))
     assert again.stage == "Src" and again.hold == 1_000_000
     assert em.handle(BundleSucceeded(again.id)) == [JobFinished()]
+
+
+def test_unread_input_holds_the_consumers_input_watermark():
+    em, _ = make(TestStreamScript(["ts"], [
+        EmitElements("ts", "e1"), AdvanceWatermark(10), EmitElements("ts", "late")]))
+    [g1] = runs(em.start())
+    [g2] = runs(em.handle(BundleSucceeded(g1.id)))
+    # "late" was delivered at 10; while Group has not read it, Group's input
+    # watermark (what it judges lateness by) stays at 10, not at the stream's.
+    assert em.input_watermark("Group") == 10
+    assert em.handle(BundleSucceeded(g2.id)) == [JobFinished()]

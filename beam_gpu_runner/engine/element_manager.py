@@ -293,7 +293,8 @@ class ElementManager:
         if isinstance(event, EmitElements):
             _LOG.debug("TestStream: %d element(s) to %s", event.count, event.buffer)
             for consumer, transform in self._graph.consumers.get(event.buffer, ()):
-                self._deliver(consumer, transform, (event.payload,), script.watermark)
+                self._deliver(consumer, transform, (event.payload,),
+                              script.watermark(event.buffer))
         elif isinstance(event, AdvanceWatermark):
             _LOG.debug("TestStream: watermark to %s", fmt(event.to))
         elif isinstance(event, AdvanceProcessingTime):
@@ -368,7 +369,7 @@ class ElementManager:
 
     def _buffer_watermark(self, buffer: str) -> Micros:
         if self._script is not None and buffer in self._script.buffers:
-            return self._script.watermark
+            return self._script.watermark(buffer)
         producers = self._graph.producers.get(buffer, ())
         return min((self._stages[p].output_watermark for p in producers),
                    default=MAX_TIMESTAMP)

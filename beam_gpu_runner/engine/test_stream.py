@@ -24,6 +24,8 @@ class EmitElements:
 @dataclass(frozen=True)
 class AdvanceWatermark:
     to: Micros
+    #: the outputs it applies to; empty: all of them
+    buffers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class TestStreamScript:
     def __init__(self, buffers: Iterable[str], events: Iterable[ScriptEvent]) -> None:
         self.buffers = frozenset(buffers)
         self._events = collections.deque(events)
-        self._watermark: Micros = MIN_TIMESTAMP
+        self._watermarks: dict[str, Micros] = {b: MIN_TIMESTAMP for b in self.buffers}
         self._finished = False
         for event in self._events:
             if isinstance(event, EmitElements) and event.buffer not in self.buffers:
@@ -50,9 +52,9 @@ class TestStreamScript:
                     "TestStreamScript: element event for buffer %r, which is not one "
                     "of the stream's outputs %s" % (event.buffer, sorted(self.buffers)))
 
-    @property
-    def watermark(self) -> Micros:
-        return self._watermark
+    def watermark(self, buffer: str) -> Micros:
+        """One output's watermark (each output of a TestStream has its own)."""
+        return self._watermarks[buffer]
 
     def exhausted(self) -> bool:
         return self._finished
@@ -63,13 +65,14 @@ class TestStreamScript:
             return None
         if not self._events:
             self._finished = True
-            self._watermark = MAX_TIMESTAMP
+            self._watermarks = {b: MAX_TIMESTAMP for b in self.buffers}
             return AdvanceWatermark(MAX_TIMESTAMP)
         event = self._events.popleft()
         if isinstance(event, AdvanceWatermark):
-            if event.to < self._watermark:
-                raise ValueError(
-                    "TestStreamScript: the watermark may only advance, got %d after %d"
-                    % (event.to, self._watermark))
-            self._watermark = event.to
+            for buffer in event.buffers or self.buffers:
+                if event.to < self._watermarks[buffer]:
+                    raise ValueError(
+                        "TestStreamScript: the watermark of %r may only advance, got %d "
+                        "after %d" % (buffer, event.to, self._watermarks[buffer]))
+                self._watermarks[buffer] = event.to
         return event

@@ -80,7 +80,9 @@ def build_script(context: beam_exec.FnApiRunnerExecutionContext
             events.append(EmitElements(buffers[tag], buffer,
                                        len(event.element_event.elements)))
         elif event.HasField("watermark_event"):
-            events.append(AdvanceWatermark(_micros(event.watermark_event.new_watermark)))
+            events.append(AdvanceWatermark(
+                _micros(event.watermark_event.new_watermark),
+                (buffers[tag_of(event.watermark_event.tag)],)))
         elif event.HasField("processing_time_event"):
             events.append(AdvanceProcessingTime(
                 event.processing_time_event.advance_duration / 1e3))

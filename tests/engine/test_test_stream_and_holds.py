@@ -118,8 +118,11 @@ def test_a_second_test_stream_or_a_produced_buffer_is_refused():
 
 
 def test_script_refuses_a_receding_watermark_and_unknown_buffers():
-    script = TestStreamScript(["ts"], [AdvanceWatermark(10), AdvanceWatermark(5)])
+    script = TestStreamScript(["ts", "ts2"], [
+        AdvanceWatermark(10, ("ts",)), AdvanceWatermark(5, ("ts2",)), AdvanceWatermark(5)])
     script.pop()
+    script.pop()
+    assert (script.watermark("ts"), script.watermark("ts2")) == (10, 5)
     with pytest.raises(ValueError, match="only advance"):
         script.pop()
     with pytest.raises(ValueError, match="not one of the stream's outputs"):

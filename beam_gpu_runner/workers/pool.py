@@ -56,6 +56,8 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._workers: list[beam_wh.WorkerHandler] = []
         self._closed = False
+        self._prestart_wait = 120.0
+        self._prestart_barrier: Optional[threading.Barrier] = None
 
     def submit(self, fn: Callable[[beam_wh.WorkerHandler], T]) -> "concurrent.futures.Future[T]":
         """Run ``fn(worker)`` on a pool thread with that thread's worker."""
@@ -69,7 +71,13 @@ class WorkerPool:
         if worker is None:
             if self._closed:
                 raise RuntimeError("WorkerPool %s is closed" % self.key.describe())
-            worker = self._factory.start(self.key)
+            try:
+                worker = self._factory.start(self.key)
+            except BaseException:
+                barrier = self._prestart_barrier
+                if barrier is not None:
+                    barrier.abort()   # release the other prestarting threads now
+                raise
             with self._lock:
                 closed = self._closed
                 if not closed:
@@ -79,6 +87,25 @@ class WorkerPool:
                 raise RuntimeError("WorkerPool %s is closed" % self.key.describe())
             self._local.worker = worker
         return fn(worker)
+
+    def prestart(self) -> list["concurrent.futures.Future[None]"]:
+        """Start every thread's worker now, concurrently, instead of on the
+        first bundle (which would wait for process start, imports, model load).
+
+        Returns the futures; a failed start is raised by ``result()`` and the
+        thread tries again on its next bundle.
+        """
+        barrier = self._prestart_barrier = threading.Barrier(self.size)
+
+        def start(_: beam_wh.WorkerHandler) -> None:
+            # Hold each thread until all have a worker, so that every slot
+            # (not one thread many times) gets one.
+            try:
+                barrier.wait(timeout=self._prestart_wait)
+            except threading.BrokenBarrierError:
+                pass
+
+        return [self.submit(start) for _ in range(self.size)]
 
     def _discard(self, worker: beam_wh.WorkerHandler) -> None:
         with self._lock:

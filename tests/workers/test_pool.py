@@ -98,3 +98,30 @@ def test_start_failure_reaches_the_caller_and_the_next_call_retries():
 def test_size_must_be_positive():
     with pytest.raises(ValueError, match="size must be >= 1"):
         WorkerPool(KEY, 0, TestingWorkerFactory())
+
+
+def test_prestart_gives_every_slot_its_worker_before_any_bundle():
+    factory = TestingWorkerFactory()
+    pool = WorkerPool(KEY, 3, factory)
+    for future in pool.prestart():
+        future.result()
+    assert len(factory.started) == 3
+    # Later bundles reuse those workers.
+    ids = {pool.submit(lambda w: w.worker_id).result() for _ in range(6)}
+    assert ids <= {w.worker_id for w in factory.started} and len(factory.started) == 3
+    pool.close()
+
+
+def test_prestart_failure_is_reported_at_once_and_retried_later():
+    factory = TestingWorkerFactory(fail_first=1)
+    pool = WorkerPool(KEY, 2, factory)
+    futures = pool.prestart()
+    errors = []
+    for future in futures:   # one fails; the other is not left waiting for it
+        try:
+            future.result(timeout=10)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+    assert errors == ["cannot start worker"]
+    assert pool.submit(lambda w: w.worker_id).result().startswith("fake-")
+    pool.close()

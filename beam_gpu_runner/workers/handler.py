@@ -117,14 +117,21 @@ class ProcessWorkerHandler(beam_wh.GrpcWorkerHandler):
             self._process.stop()
 
     def close(self) -> None:
+        """Stop the process first, then fail whatever still waits on it.
+
+        A graceful Fn API close would wait for a running bundle to finish;
+        closing is for the end of a job or a cancel, when nothing more is
+        wanted from this worker.
+        """
         self._stopping = True
-        if self.lost is None:
-            try:
-                self.control_conn.close()
-                self.data_conn.close()
-            except Exception:
-                _LOG.debug("closing channels of %s", self.worker_id, exc_info=True)
         self.stop_worker()
+        self.control_conn.abort(WorkerLostError(
+            "worker %s was stopped while a request was pending" % self.worker_id))
+        for channel in (self.control_conn, self.data_conn):
+            try:
+                channel.close()
+            except Exception:
+                _LOG.debug("closing a channel of %s", self.worker_id, exc_info=True)
 
 
 def _tail(process: WorkerProcess) -> str:

@@ -143,8 +143,12 @@ class LocalPlacement:
         work_dir = os.path.join(self._log_dir, launch.worker_id)
         os.makedirs(work_dir, exist_ok=True)
         env = harness_env(launch)
+        # A job's staged artifacts (launch.env from workers/staging.py) win;
+        # otherwise the worker's own folder.
         env.setdefault("SEMI_PERSISTENT_DIRECTORY", work_dir)
-        env["PYTHONPATH"] = driver_python_path()
+        # The job's installed requirements first, then the driver's roots.
+        env["PYTHONPATH"] = os.pathsep.join(
+            [p for p in (launch.env.get("PYTHONPATH"), driver_python_path()) if p])
         _LOG.info("Starting worker %s (%s), log %s", launch.worker_id,
                   launch.requirements.describe(), log_path)
         popen = subprocess.Popen(

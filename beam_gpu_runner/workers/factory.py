@@ -1,10 +1,29 @@
-"""Starts and stops the workers of a pool, attaching leased devices."""
+"""Starts and stops the workers of a pool, attaching leased devices.
+
+Which worker runs a pool's bundles, by the environment the client asked for:
+
+* EXTERNAL (``--environment_type=LOOPBACK`` or ``EXTERNAL``) without GPU
+  needs: Beam's ``ExternalWorkerHandler`` asks the client's worker pool to
+  start the worker, as every portable runner does;
+* everything else, and every stage with an accelerator hint whatever its
+  environment: our own SDK harness process (Beam's ``sdk_worker_main`` under
+  the runner's interpreter) through the placement, holding the leased
+  devices. A LOOPBACK worker is a thread in the client and cannot own a GPU.
+  PROCESS, DOCKER and SUBPROCESS_SDK environments are taken as Python
+  environments of this SDK: their command or image is not run, our harness
+  replaces it (an environment of another SDK is not supported).
+
+Our harnesses see the environment's staged artifacts (``--requirements_file``,
+``--extra_package``, ``--save_main_session``) through ``EnvironmentStager``
+when the job server handed the runner a staging folder.
+"""
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Mapping, Optional, Protocol
 
-from apache_beam.portability import common_urns
+from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import worker_handlers as beam_wh
 
@@ -13,6 +32,7 @@ from beam_gpu_runner.resources.runtime_context import RuntimeContext
 from beam_gpu_runner.workers.handler import ProcessWorkerHandler
 from beam_gpu_runner.workers.pool import PoolKey
 from beam_gpu_runner.workers.registry import WorkerRegistry
+from beam_gpu_runner.workers.staging import EnvironmentStager, StagedEnvironment
 
 _LOG = logging.getLogger(__name__)
 
@@ -30,9 +50,40 @@ class DeviceSource(Protocol):
     def release(self, assignment: Assignment) -> None: ...
 
 
+class WorkerStoppedError(RuntimeError):
+    """A bundle was still running on a worker that the runner stopped."""
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(worker_id)
+        self.worker_id = worker_id
+
+    def __str__(self) -> str:
+        return ("worker %s was stopped (job cancelled or ended) while a bundle "
+                "was running on it" % self.worker_id)
+
+
 def runs_in_client(environment: beam_runner_api_pb2.Environment) -> bool:
     """EXTERNAL (e.g. LOOPBACK) environments: the client hosts the worker."""
     return environment.urn == common_urns.environments.EXTERNAL.urn
+
+
+def _describe_environment(environment: beam_runner_api_pb2.Environment) -> str:
+    urn = environment.urn
+    if urn == common_urns.environments.PROCESS.urn:
+        command = beam_runner_api_pb2.ProcessPayload.FromString(environment.payload).command
+        return "PROCESS environment (command %r)" % command
+    if urn == common_urns.environments.DOCKER.urn:
+        image = beam_runner_api_pb2.DockerPayload.FromString(
+            environment.payload).container_image
+        return "DOCKER environment (image %r)" % image
+    return "environment %s" % urn
+
+
+# Environments whose worker is ours anyway: nothing to announce.
+_OWN_HARNESS_URNS = frozenset([
+    common_urns.environments.DEFAULT.urn, python_urns.SUBPROCESS_SDK,
+    python_urns.EMBEDDED_PYTHON,
+])
 
 
 class ProcessWorkerFactory:
@@ -60,6 +111,10 @@ class ProcessWorkerFactory:
         self._stage_names = stage_names
         self._hint_texts = hint_texts
         self._assignments: dict[str, Assignment] = {}
+        staging_dir = getattr(registry.provision_info, "artifact_staging_dir", None)
+        self._stager = (EnvironmentStager(os.path.join(staging_dir, "workers"))
+                        if staging_dir else None)
+        self._announced: set[str] = set()
 
     def start(self, key: PoolKey) -> beam_wh.WorkerHandler:
         environment = self._environments[key.environment_id]
@@ -72,11 +127,15 @@ class ProcessWorkerFactory:
             self._registry.add(handler)
             handler.start_worker()
             return handler
+        self._announce(key, environment)
+        staged = self._staged(key.environment_id, environment)
         handler = ProcessWorkerHandler(
             state, provision, server, self._placement, key.requirements,
             self._options_json, env={}, start_timeout=self._start_timeout,
             logging_address=self._registry.logging_address)
         env = self._resource_env(key, handler.worker_id)
+        if staged is not None:
+            env.update(staged.env())
         handler._env = env
         self._registry.add(handler)
         try:
@@ -86,6 +145,26 @@ class ProcessWorkerFactory:
             self._registry.remove(handler)
             raise
         return handler
+
+    def _announce(self, key: PoolKey, environment: beam_runner_api_pb2.Environment) -> None:
+        """Say once per environment why our harness runs instead of the client's."""
+        if key.environment_id in self._announced or environment.urn in _OWN_HARNESS_URNS:
+            return
+        self._announced.add(key.environment_id)
+        if runs_in_client(environment):
+            _LOG.info("Stages %s have accelerator hints: they run on this runner's GPU "
+                      "workers, not in the client's EXTERNAL/LOOPBACK worker pool",
+                      self._stage_names.get(key) or [key.environment_id])
+        else:
+            _LOG.info("Environment %s is a %s: GpuRunner runs its own Python SDK "
+                      "harness for it instead", key.environment_id,
+                      _describe_environment(environment))
+
+    def _staged(self, environment_id: str, environment: beam_runner_api_pb2.Environment
+                ) -> Optional[StagedEnvironment]:
+        if self._stager is None:
+            return None
+        return self._stager.prepare(environment_id, environment)
 
     def _resource_env(self, key: PoolKey, worker_id: str) -> dict[str, str]:
         if not key.requirements.needs_gpu or self._placement.assigns_devices:
@@ -111,6 +190,12 @@ class ProcessWorkerFactory:
 
     def stop(self, handler: beam_wh.WorkerHandler) -> None:
         try:
+            # A bundle still waiting on this worker (a cancelled job; a LOOPBACK
+            # worker blocked in user code) must fail now rather than block the
+            # pool's shutdown forever.
+            control = getattr(handler, "control_conn", None)
+            if control is not None:
+                control.abort(WorkerStoppedError(handler.worker_id))
             handler.close()
         finally:
             self._registry.remove(handler)

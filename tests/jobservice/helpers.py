@@ -13,16 +13,12 @@ from typing import Iterator, Optional, Sequence
 import grpc
 from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 
-# The executor the job server runs jobs with in these tests. To run the suite
-# against GpuRunner, change this one line to
-# "beam_gpu_runner.jobservice.executor:GpuRunnerExecutor" or set
-# BEAM_GPU_RUNNER_TEST_EXECUTOR (it then also replaces the cancellable one).
+# The executor the job server runs jobs with in these tests: GpuRunner, as in
+# production. BEAM_GPU_RUNNER_TEST_EXECUTOR=module:factory picks another (e.g.
+# beam_gpu_runner.jobservice.testing:FnApiRunnerExecutor, to tell a job-server
+# bug from a runner bug).
 TEST_EXECUTOR = os.environ.get(
-    "BEAM_GPU_RUNNER_TEST_EXECUTOR", "beam_gpu_runner.jobservice.testing:FnApiRunnerExecutor")
-# For tests that cancel jobs and check their worker processes are gone.
-CANCELLABLE_TEST_EXECUTOR = os.environ.get(
-    "BEAM_GPU_RUNNER_TEST_EXECUTOR",
-    "beam_gpu_runner.jobservice.testing:SubprocessFnApiRunnerExecutor")
+    "BEAM_GPU_RUNNER_TEST_EXECUTOR", "beam_gpu_runner.jobservice.executor:GpuRunnerExecutor")
 
 # Bounds for waits on other processes; tests never assert on durations.
 STARTUP_LIMIT_S = 120.0

@@ -19,7 +19,7 @@ from apache_beam.runners.runner import PipelineResult
 from apache_beam.testing.util import assert_that, equal_to
 
 from .helpers import (
-    CANCELLABLE_TEST_EXECUTOR, STARTUP_LIMIT_S, TEST_EXECUTOR, ServerProcess, final_state,
+    STARTUP_LIMIT_S, TEST_EXECUTOR, ServerProcess, final_state,
     job_stub, start_server_process)
 from .slow_pipeline import BlockUntilReleased, CountAndDouble
 
@@ -48,7 +48,7 @@ def server() -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def cancellable_server() -> Iterator[ServerProcess]:
-    srv = start_server_process(CANCELLABLE_TEST_EXECUTOR, pythonpath=[_TESTS_ROOT])
+    srv = start_server_process(TEST_EXECUTOR, pythonpath=[_TESTS_ROOT])
     yield srv
     srv.stop()
 
@@ -120,7 +120,7 @@ def test_cancel_ends_job_and_its_processes(cancellable_server: ServerProcess, tm
 
 
 def test_sigterm_cancels_running_jobs(tmp_path: Path) -> None:
-    srv = start_server_process(CANCELLABLE_TEST_EXECUTOR, pythonpath=[_TESTS_ROOT])
+    srv = start_server_process(TEST_EXECUTOR, pythonpath=[_TESTS_ROOT])
     try:
         start_blocking_job(srv.endpoint, tmp_path, python_urns.SUBPROCESS_SDK)
         workers = psutil.Process(srv.proc.pid).children(recursive=True)

@@ -24,6 +24,6 @@ cd /tmp   # so the checkout's folders do not shadow the installed package
       --batch_size=1000 --output=/tmp/gpu-preds --nofake_gpu_when_none
   if [ -f "$REPO/benchmarks/run.py" ]; then
     echo "== benchmarks (quick)"
-    (cd "$REPO" && PYTHONPATH=/tmp/site python3 -m benchmarks.run --quick --out "$OUT")
+    cp -r "$REPO/benchmarks" /tmp/benchmarks && (cd /tmp && python3 -m benchmarks.run --quick --results_dir "$OUT")
   fi
 } 2>&1 | tee "$OUT/gpu-check.log"

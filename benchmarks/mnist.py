@@ -158,6 +158,7 @@ class RawLimit:
     batch_size: int
     images_per_s: float
     seconds: float
+    device: str = "cpu:0"
 
 
 def raw_limit(batch_size: int = 100, seconds: float = 2.0) -> RawLimit:
@@ -168,8 +169,8 @@ def raw_limit(batch_size: int = 100, seconds: float = 2.0) -> RawLimit:
     from beam_gpu_runner.transforms.classifier import BatchClassifier
     from beam_gpu_runner.transforms.idx import read_mnist_cached
     data = read_mnist_cached(bundled.test_images_path(), bundled.test_labels_path())
-    classifier = BatchClassifier.from_file(bundled.default_model_path(),
-                                           jax.devices("cpu")[0], batch_size)
+    device = jax.devices()[0]   # the default backend: a GPU where there is one
+    classifier = BatchClassifier.from_file(bundled.default_model_path(), device, batch_size)
     blocks = [data.images[i:i + batch_size] for i in range(0, len(data) - batch_size + 1,
                                                             batch_size)]
     for block in blocks[:20]:
@@ -181,4 +182,5 @@ def raw_limit(batch_size: int = 100, seconds: float = 2.0) -> RawLimit:
         n += batch_size
         k += 1
     elapsed = time.perf_counter() - t0
-    return RawLimit(batch_size=batch_size, images_per_s=n / elapsed, seconds=elapsed)
+    return RawLimit(batch_size=batch_size, images_per_s=n / elapsed, seconds=elapsed,
+                    device="%s:%d" % (device.platform, device.id))

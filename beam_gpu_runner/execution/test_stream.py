@@ -10,6 +10,7 @@ from typing import Any, Optional
 from apache_beam.coders.coder_impl import create_OutputStream
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import execution as beam_exec
+from apache_beam.testing.test_stream import WindowedValueHolder
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils import proto_utils
 from apache_beam.utils.timestamp import Timestamp
@@ -72,9 +73,14 @@ def build_script(context: beam_exec.FnApiRunnerExecutionContext
             out = create_OutputStream()
             for element in event.element_event.elements:
                 value = element_coder.decode(element.encoded_element)
-                impl.encode_to_stream(WindowedValue(
-                    value, Timestamp(micros=_micros(element.timestamp)), (GlobalWindow(),)),
-                    out, True)
+                if isinstance(value, WindowedValueHolder):
+                    # Python's TestStream wraps elements given with their windows.
+                    windowed = value.windowed_value  # type: ignore[attr-defined]
+                else:
+                    windowed = WindowedValue(
+                        value, Timestamp(micros=_micros(element.timestamp)),
+                        (GlobalWindow(),))
+                impl.encode_to_stream(windowed, out, True)
             buffer = beam_exec.ListBuffer(impl)
             buffer.append(out.get())
             events.append(EmitElements(buffers[tag], buffer,

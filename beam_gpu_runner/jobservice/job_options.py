@@ -81,10 +81,40 @@ def _gpu_option_types() -> dict[str, Callable[[str], Any]]:
     return types
 
 
+def _all_subclasses(cls: type[PipelineOptions]) -> list[type[PipelineOptions]]:
+    found: list[type[PipelineOptions]] = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+def _beam_numeric_option_types() -> dict[str, Callable[[str], Any]]:
+    """int and float options of every registered PipelineOptions class
+    (e.g. Beam's ``num_workers``), which clients send as strings."""
+    parser = _BeamArgumentParser(add_help=False, conflict_handler="resolve")
+    for options_class in _all_subclasses(PipelineOptions):
+        try:
+            options_class._add_argparse_args(parser)
+        except (argparse.ArgumentError, TypeError, ValueError):
+            continue   # a class that cannot join a shared parser: leave its options
+    return {action.dest: action.type for action in parser._actions
+            if action.type in (int, float)}
+
+
 def options_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """The Struct as ``{option name: value}``, GpuRunnerOptions typed."""
+    """The Struct as ``{option name: value}``: GpuRunnerOptions typed, and
+    Beam's int and float options turned back into numbers."""
     raw = job_utils.struct_to_dict(struct)
     values = {_option_name(k): v for k, v in raw.items()}
+    for name, number in _beam_numeric_option_types().items():
+        value = values.get(name)
+        if not isinstance(value, str):
+            continue
+        try:
+            values[name] = number(value)
+        except ValueError as exc:
+            raise JobOptionsError(name, value, str(exc)) from None
     for name, convert in _gpu_option_types().items():
         value = values.get(name)
         if value is None or isinstance(value, (list, dict)):

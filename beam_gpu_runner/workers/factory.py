@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Mapping, Optional, Protocol
 
 from apache_beam.portability import common_urns, python_urns
@@ -29,12 +30,15 @@ from apache_beam.runners.portability.fn_api_runner import worker_handlers as bea
 
 from beam_gpu_runner.placement.api import Placement
 from beam_gpu_runner.resources.runtime_context import RuntimeContext
+from beam_gpu_runner.workers.errors import WorkerStartError
 from beam_gpu_runner.workers.handler import ProcessWorkerHandler
 from beam_gpu_runner.workers.pool import PoolKey
 from beam_gpu_runner.workers.registry import WorkerRegistry
 from beam_gpu_runner.workers.staging import EnvironmentStager, StagedEnvironment
 
 _LOG = logging.getLogger(__name__)
+
+_EXTERNAL_POLL_S = 0.02
 
 
 class Assignment(Protocol):
@@ -125,7 +129,13 @@ class ProcessWorkerFactory:
         if runs_in_client(environment) and not key.requirements.needs_gpu:
             handler = beam_wh.WorkerHandler.create(environment, state, provision, server)
             self._registry.add(handler)
-            handler.start_worker()
+            try:
+                handler.start_worker()
+                self._await_external(handler, environment)
+            except Exception:
+                self._registry.remove(handler)
+                handler.close()
+                raise
             return handler
         self._announce(key, environment)
         staged = self._staged(key.environment_id, environment)
@@ -145,6 +155,26 @@ class ProcessWorkerFactory:
             self._registry.remove(handler)
             raise
         return handler
+
+    def _await_external(self, handler: beam_wh.WorkerHandler,
+                        environment: beam_runner_api_pb2.Environment) -> None:
+        """Wait (--worker_start_timeout) for the worker the client's pool started.
+
+        Beam would wait forever for a pool that cannot start workers (say, one
+        whose worker command fails); a job should fail with the reason instead.
+        """
+        deadline = time.monotonic() + self._start_timeout
+        while handler.control_conn._state != beam_wh.BeamFnControlServicer.STARTED_STATE:
+            if time.monotonic() > deadline:
+                pool = beam_runner_api_pb2.ExternalPayload.FromString(
+                    environment.payload).endpoint.url
+                raise WorkerStartError(
+                    "start_worker: the client's worker pool at %s (EXTERNAL/LOOPBACK "
+                    "environment) was asked for worker %s, which did not connect to "
+                    "%s within %.1fs (--worker_start_timeout); see the pool's log"
+                    % (pool, handler.worker_id, getattr(handler, "control_address", "?"),
+                       self._start_timeout))
+            time.sleep(_EXTERNAL_POLL_S)
 
     def _announce(self, key: PoolKey, environment: beam_runner_api_pb2.Environment) -> None:
         """Say once per environment why our harness runs instead of the client's."""

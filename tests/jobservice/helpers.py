@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import grpc
 from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
@@ -78,11 +78,12 @@ def server_command(port: int, executor: str, extra: Sequence[str] = ()) -> list[
 
 
 def start_server_process(executor: str, extra: Sequence[str] = (),
-                         pythonpath: Sequence[str] = ()) -> ServerProcess:
+                         pythonpath: Sequence[str] = (),
+                         env_vars: Optional[Mapping[str, str]] = None) -> ServerProcess:
     """Start a job server; ``pythonpath`` folders become importable by its
-    jobs' worker processes."""
+    jobs' worker processes; ``env_vars`` are added to its environment."""
     port = pick_free_port()
-    env = dict(os.environ)
+    env = {**os.environ, **(env_vars or {})}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(
             [*pythonpath, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])

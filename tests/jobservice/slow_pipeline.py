@@ -2,9 +2,12 @@
 this module (the tests put tests/ on the job server's PYTHONPATH)."""
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import time
-from typing import Iterator
+import uuid
+from typing import Any, Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -32,3 +35,47 @@ class BlockUntilReleased(beam.DoFn):
         while not os.path.exists(self.release_path):
             time.sleep(0.2)
         yield element
+
+
+class ReportWorker(beam.DoFn):
+    """Writes, per element, where it ran to ``<out_dir>/<tag>-<uuid>.json``:
+    pid and parent pid, this worker's GPU indexes (runtime context), the
+    ``VALUE`` of each module in ``probe_modules`` (imported here, so staged
+    packages are tested) and whether a pickled main session was staged. With
+    ``hold_path`` it then waits until that file exists."""
+
+    def __init__(self, out_dir: str, tag: str, probe_modules: tuple[str, ...] = (),
+                 hold_path: Optional[str] = None) -> None:
+        self.out_dir = out_dir
+        self.tag = tag
+        self.probe_modules = probe_modules
+        self.hold_path = hold_path
+        self.reported = Metrics.counter("e2e", "reported")
+
+    def process(self, element: Any) -> Iterator[Any]:
+        import beam_gpu_runner
+        semi = os.environ.get("SEMI_PERSISTENT_DIRECTORY", "")
+        record = {
+            "tag": self.tag, "pid": os.getpid(), "ppid": os.getppid(),
+            "gpus": [g.get_property("index") for g in beam_gpu_runner.runtime_context().gpus()],
+            "modules": {m: importlib.import_module(m).VALUE for m in self.probe_modules},
+            "main_session_staged": os.path.isfile(
+                os.path.join(semi, "staged", "pickled_main_session")),
+        }
+        path = os.path.join(self.out_dir, "%s-%s.json" % (self.tag, uuid.uuid4().hex))
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.replace(path + ".tmp", path)
+        self.reported.inc()
+        while self.hold_path and not os.path.exists(self.hold_path):
+            time.sleep(0.1)
+        yield element
+
+
+def read_reports(out_dir: str, tag: str) -> list[dict[str, Any]]:
+    reports = []
+    for name in sorted(os.listdir(out_dir)):
+        if name.startswith(tag + "-") and name.endswith(".json"):
+            with open(os.path.join(out_dir, name)) as f:
+                reports.append(json.load(f))
+    return reports

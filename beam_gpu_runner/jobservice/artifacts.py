@@ -7,7 +7,9 @@ environments are rewritten to point at those local files (``FILE`` artifacts
 with their original roles, e.g. ``beam:artifact:role:staging_to:v1`` with the
 staged name ``requirements.txt`` or a wheel), so that whatever starts the
 workers serves or installs them from there. ``staged_files`` lists them for an
-executor that installs requirements itself.
+executor that installs requirements itself; GpuRunner's own workers get them
+through ``beam_gpu_runner.workers.staging`` (prepared in ``<job folder>/workers``).
+A job's folder is removed when the job ends (``keep_staged`` keeps it).
 """
 from __future__ import annotations
 
@@ -92,8 +94,10 @@ def staged_files(pipeline: beam_runner_api_pb2.Pipeline) -> list[StagedFile]:
 class ArtifactStore:
     """Per-job staging folders and the gRPC staging service that fills them."""
 
-    def __init__(self, staging_root: Optional[str] = None) -> None:
+    def __init__(self, staging_root: Optional[str] = None, keep_staged: bool = False) -> None:
         self._owns_root = staging_root is None
+        #: Keep each job's staged files after it ends (for debugging).
+        self.keep_staged = keep_staged
         self.root = staging_root or tempfile.mkdtemp(prefix="beam-gpu-runner-staging-")
         os.makedirs(self.root, exist_ok=True)
         self.service = artifact_service.ArtifactStagingService(self._file_writer)
@@ -139,11 +143,22 @@ class ArtifactStore:
         return job_dir if os.path.isdir(job_dir) else None
 
     def forget(self, job_id: str) -> None:
-        """Drop a job's registration (a job cancelled before Run)."""
+        """Drop a job's registration and files (a job cancelled before Run)."""
         try:
             self.service.resolved_deps(job_id, timeout=0)
         except (KeyError, concurrent.futures.TimeoutError):
             pass
+        self.discard(job_id)
+
+    def discard(self, job_id: str) -> None:
+        """Remove a finished job's staged files (and what workers installed
+        from them), unless the store keeps them (``keep_staged``)."""
+        if self.keep_staged:
+            return
+        job_dir = self.job_dir(job_id)
+        if os.path.isdir(job_dir):
+            shutil.rmtree(job_dir, ignore_errors=True)
+            _LOGGER.debug("Removed the staged files of job %s", job_id)
 
     def close(self) -> None:
         if self._owns_root:

@@ -250,17 +250,31 @@ class Job:
 
     # -- running -------------------------------------------------------------
 
-    def start(self, launch: Callable[[], JobResult]) -> None:
+    def start(self, launch: Callable[[], JobResult],
+              on_end: Optional[Callable[[], None]] = None) -> None:
         """Go STARTING and run the job on a thread of its own.
 
         ``launch`` starts the job and returns its result promptly; the job's
-        thread then waits for the result and records the final state.
+        thread then waits for the result and records the final state, then
+        calls ``on_end`` (e.g. to remove the job's staged files).
         """
         self.set_state(JobState.STARTING)
         self._thread = threading.Thread(
-            target=self._drive, args=(launch,), name="job-%s" % self.job_id,
+            target=self._drive_then, args=(launch, on_end), name="job-%s" % self.job_id,
             daemon=True)
         self._thread.start()
+
+    def _drive_then(self, launch: Callable[[], JobResult],
+                    on_end: Optional[Callable[[], None]]) -> None:
+        try:
+            self._drive(launch)
+        finally:
+            if on_end is not None:
+                try:
+                    on_end()
+                except Exception:
+                    _LOGGER.warning("Clean-up after job %s failed", self.job_id,
+                                    exc_info=True)
 
     def _drive(self, launch: Callable[[], JobResult]) -> None:
         try:

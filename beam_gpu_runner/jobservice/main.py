@@ -4,8 +4,17 @@
         [--external_resources_config PATH] [--external_resource K=V ...]
         [--placement local|ray] [--executor module:factory]
 
-Clients submit with ``--runner=PortableRunner --job_endpoint=HOST:PORT``
-(``--environment_type=LOOPBACK`` runs the user code in the client process).
+Clients submit with ``--runner=PortableRunner --job_endpoint=HOST:PORT``.
+Environments (``--environment_type``): LOOPBACK runs unhinted user code in
+the client process, EXTERNAL in the client's worker pool at
+``--environment_config=HOST:PORT``; PROCESS, DOCKER and SUBPROCESS_SDK
+environments run on the server's own SDK harness processes (their command or
+image is not run). Stages with accelerator hints always run on the server's
+own GPU workers, whatever the environment. Staged files
+(``--requirements_file``, ``--extra_package``, ``--setup_file``,
+``--save_main_session``) reach those workers: see
+``beam_gpu_runner.workers.staging``; they are installed offline, from what the
+client staged or what the server already has.
 SIGTERM or Ctrl-C stops the server cleanly: running jobs are cancelled (their
 executor ends their workers and releases GPU leases) before it exits.
 """
@@ -42,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--staging_dir", default=None,
                         help="Folder for staged artifacts, one subfolder per job "
                              "(default: a temporary folder removed at exit).")
+    parser.add_argument("--keep_staged", action="store_true",
+                        help="Keep each job's staged files (and the packages its "
+                             "workers installed from them) after the job ends.")
     parser.add_argument("--external_resources_config", default=None,
                         help="YAML file with Flink-style external-resource keys, "
                              "used by every job that does not name its own.")
@@ -79,7 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ray_address=args.ray_address)
     server = JobServer(executor, args.host, args.port, staging_dir=args.staging_dir,
                        defaults=defaults, advertised_host=args.advertised_host,
-                       shutdown_timeout_s=args.shutdown_timeout)
+                       shutdown_timeout_s=args.shutdown_timeout,
+                       keep_staged=args.keep_staged)
     try:
         server.start()
     except JobServerError as exc:

@@ -60,6 +60,7 @@ class JobServer:
     ``advertised_host`` is the host name given to clients for artifact staging
     (default: ``host``, or this machine's name when ``host`` is a wildcard).
     ``shutdown_timeout_s`` bounds how long ``stop`` waits for cancelled jobs.
+    ``keep_staged`` keeps each job's staged files after it ends.
     """
 
     def __init__(self,
@@ -70,7 +71,8 @@ class JobServer:
                  staging_dir: Optional[str] = None,
                  defaults: ServerJobDefaults = ServerJobDefaults(),
                  advertised_host: Optional[str] = None,
-                 shutdown_timeout_s: float = 30.0) -> None:
+                 shutdown_timeout_s: float = 30.0,
+                 keep_staged: bool = False) -> None:
         self.host = host
         self.requested_port = port
         self.port: Optional[int] = None
@@ -78,7 +80,7 @@ class JobServer:
         if advertised_host is None:
             advertised_host = socket.gethostname() if host in _WILDCARD_HOSTS else host
         self.advertised_host = advertised_host
-        self.artifacts = ArtifactStore(staging_dir)
+        self.artifacts = ArtifactStore(staging_dir, keep_staged=keep_staged)
         self.service = JobService(executor, self.artifacts, defaults,
                                   artifact_endpoint=self._artifact_endpoint)
         self._server: Optional[grpc.Server] = None

@@ -189,7 +189,7 @@ class JobService(beam_job_api_pb2_grpc.JobServiceServicer):
             return executor.run(job.pipeline, options, job.job_name, staged_dir)
 
         try:
-            job.start(launch)
+            job.start(launch, on_end=lambda: self._artifacts.discard(job_id))
         except InvalidTransitionError as exc:  # cancelled between the checks
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "Run: %s" % exc)
         _LOGGER.info("Running job %s", job_id)

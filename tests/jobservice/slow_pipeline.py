@@ -59,6 +59,7 @@ class ReportWorker(beam.DoFn):
             "tag": self.tag, "pid": os.getpid(), "ppid": os.getppid(),
             "gpus": [g.get_property("index") for g in beam_gpu_runner.runtime_context().gpus()],
             "modules": {m: importlib.import_module(m).VALUE for m in self.probe_modules},
+            "semi_persistent_dir": semi,
             "main_session_staged": os.path.isfile(
                 os.path.join(semi, "staged", "pickled_main_session")),
         }

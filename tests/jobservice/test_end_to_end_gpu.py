@@ -44,8 +44,11 @@ ONE_GPU = "type:nvidia;count:1"
 @pytest.fixture(scope="module")
 def gpu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     leases = tmp_path_factory.mktemp("leases")   # this server's devices only
-    srv = start_server_process(TEST_EXECUTOR, GPU_FLAGS, pythonpath=[_TESTS_ROOT],
-                               env_vars={"BEAM_GPU_RUNNER_LEASE_DIR": str(leases)})
+    staging = tmp_path_factory.mktemp("staging")
+    srv = start_server_process(
+        TEST_EXECUTOR, [*GPU_FLAGS, "--staging_dir", str(staging)],
+        pythonpath=[_TESTS_ROOT], env_vars={"BEAM_GPU_RUNNER_LEASE_DIR": str(leases)})
+    srv.staging_dir = staging  # type: ignore[attr-defined]
     yield srv
     assert srv.stop() == 0
 
@@ -108,6 +111,13 @@ def test_hinted_stage_runs_on_a_server_gpu_worker_with_the_staged_files(
     counters = result.metrics().query(
         MetricsFilter().with_name("reported").with_step("OnGpu"))["counters"]
     assert [c.committed for c in counters] == [3]
+    # The job's staged files and installed packages go when it ends.
+    job_dir = gpu_server.staging_dir / result._job_id  # type: ignore[attr-defined]
+    assert all(r["semi_persistent_dir"].startswith(str(job_dir) + "/") for r in gpu), gpu
+    deadline = time.monotonic() + STARTUP_LIMIT_S
+    while job_dir.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not job_dir.exists()
 
 
 def start_worker_pool(use_process: bool = False, path_first: Optional[str] = None

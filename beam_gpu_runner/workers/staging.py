@@ -22,6 +22,10 @@ and per set of dependencies, without a container:
 * a staged Beam SDK (``--sdk_location``) is not installed: workers run the
   runner's own Beam.
 
+Source packages (sdists, ``workflow.tar.gz``) are built without build
+isolation, so the runner's environment needs their build backend (for
+setuptools: setuptools >= 70.1, or the ``wheel`` package).
+
 Workers then get ``SEMI_PERSISTENT_DIRECTORY=<dir>`` and ``<dir>/site`` on
 their ``PYTHONPATH`` (``StagedEnvironment.env``).
 """

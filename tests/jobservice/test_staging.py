@@ -1,10 +1,12 @@
 """Staged artifacts made usable by the runner's own workers (workers/staging.py)."""
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,16 @@ def imports_in_worker(env: dict[str, str], code: str) -> str:
                           env={**os.environ, "PYTHONPATH": env.get("PYTHONPATH", "")},
                           check=True, timeout=60)
     return done.stdout.strip()
+
+
+def can_build_wheels_offline() -> bool:
+    for module in ("setuptools.command.bdist_wheel", "wheel"):
+        try:
+            importlib.import_module(module)
+            return True
+        except ImportError:
+            pass
+    return False
 
 
 def test_requirements_already_installed_are_not_reinstalled() -> None:
@@ -113,3 +125,24 @@ def test_missing_staged_file_and_bad_names(tmp_path: Path) -> None:
     with pytest.raises(StagingError, match="did not stage it"):
         stager.prepare("env", environment(
             staged_file(tmp_path / "extra_packages.txt", "extra_packages.txt")))
+
+
+def test_setup_file_tarball_is_installed(tmp_path: Path) -> None:
+    """--setup_file: the client stages an sdist as workflow.tar.gz."""
+    if not can_build_wheels_offline():
+        pytest.skip("building an sdist offline (no build isolation) needs setuptools "
+                    ">= 70.1 or the wheel package in the runner's environment")
+    source = tmp_path / "setuppkg-0.2"
+    source.mkdir()
+    (source / "setup.py").write_text(
+        "from setuptools import setup\n"
+        "setup(name='setuppkg', version='0.2', py_modules=['setuppkg'])\n")
+    (source / "setuppkg.py").write_text("VALUE = 'from setup_file'\n")
+    tarball = tmp_path / "workflow.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tf:
+        tf.add(source, arcname=source.name)
+    staged = EnvironmentStager(str(tmp_path / "workers")).prepare(
+        "env", environment(staged_file(tarball, "workflow.tar.gz")))
+    assert staged is not None
+    assert imports_in_worker(staged.env(), "import setuppkg; print(setuppkg.VALUE)") \
+        == "from setup_file"

@@ -74,7 +74,9 @@ class GpuRunnerExecutor:
     """Runs jobs on ``beam_gpu_runner.runner.GpuRunner`` (imported lazily).
 
     The job's staged artifacts and name reach the workers through the
-    runner's ``provision_info``, as with Beam's FnApiRunner.
+    runner's ``provision_info``, as with Beam's FnApiRunner: its
+    ``artifact_staging_dir`` is where GpuRunner's worker factory prepares
+    them for the SDK harnesses it starts (``beam_gpu_runner.workers.staging``).
     """
 
     def run(self,

@@ -146,7 +146,7 @@ def start_worker_pool(use_process: bool = False, path_first: Optional[str] = Non
             time.sleep(0.1)
 
 
-@pytest.mark.parametrize("environment", ["EXTERNAL", "PROCESS"])
+@pytest.mark.parametrize("environment", ["EXTERNAL", "PROCESS", "DOCKER"])
 def test_environments_and_hinted_stages(gpu_server: ServerProcess, tmp_path: Path,
                                         environment: str) -> None:
     out = tmp_path / "out"
@@ -156,10 +156,13 @@ def test_environments_and_hinted_stages(gpu_server: ServerProcess, tmp_path: Pat
         pool, port = start_worker_pool()
         config = "localhost:%d" % port
         expected_pid = pool.pid        # unhinted stages: the client's pool
-    else:
+    elif environment == "PROCESS":
         # Our factory runs its own harness for a PROCESS environment; the
         # command (normally a container's boot program) is not run.
         config = json.dumps({"command": "/nonexistent/boot"})
+        expected_pid = None
+    else:   # nor is a DOCKER environment's image (PortableRunner's default)
+        config = "apache/beam_python3.11_sdk:does-not-exist"
         expected_pid = None
     try:
         p = beam.Pipeline(options=options(

@@ -106,8 +106,9 @@ class ProcessWorkerHandler(beam_wh.GrpcWorkerHandler):
         self.control_conn.abort(error)
         try:
             self.data_conn.close()
-        except Exception:  # the channel may already be broken
-            _LOG.debug("closing data channel of %s", self.worker_id, exc_info=True)
+        except Exception as exc:  # the channel may already be broken
+            _LOG.debug("closing data channel of %s: %r", self.worker_id, exc)
+            exc.__traceback__ = None   # see close()
         if self._on_lost is not None:
             self._on_lost(self)
 
@@ -130,8 +131,12 @@ class ProcessWorkerHandler(beam_wh.GrpcWorkerHandler):
         for channel in (self.control_conn, self.data_conn):
             try:
                 channel.close()
-            except Exception:
-                _LOG.debug("closing a channel of %s", self.worker_id, exc_info=True)
+            except Exception as exc:
+                _LOG.debug("closing a channel of %s: %r", self.worker_id, exc)
+                # Beam's data channel re-raises the exception object it keeps:
+                # the traceback would pin this job's frames (and its execution
+                # context) for as long as the channel lives.
+                exc.__traceback__ = None
 
 
 def _tail(process: WorkerProcess) -> str:

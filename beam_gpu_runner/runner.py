@@ -144,7 +144,8 @@ class GpuRunner(PipelineRunner):
             registry, placement, dict(stage_context.components.environments),
             options_json(portable), gpu_options.worker_start_timeout,
             devices, pools.stage_names, pools.hint_texts)
-        plan = JobPlan(stage_context, stages, pools.pool_of_stage, pools.sizes)
+        plan = JobPlan(stage_context, stages, pools.pool_of_stage, pools.sizes,
+                       streaming=options.view_as(pipeline_options.StandardOptions).streaming)
         registry.on_close(release)   # the job closes the registry when it ends
         job = Job(plan, registry, factory, gpu_options.max_bundle_attempts, workers)
         job.start()

@@ -47,6 +47,9 @@ class JobPlan:
     stages: list[translations.Stage]
     pool_of_stage: Mapping[str, PoolKey]
     pool_sizes: Mapping[PoolKey, int]
+    #: --streaming: GroupByKey follows triggers as input arrives, even when
+    #: every source is bounded (otherwise only unbounded pipelines do).
+    streaming: bool = False
 
 
 @dataclass
@@ -143,7 +146,7 @@ class Job:
 
     def _run(self) -> None:
         plan = self._plan
-        streaming = is_streaming(plan.stage_context.components)
+        streaming = plan.streaming or is_streaming(plan.stage_context.components)
         graph = build_stage_graph(plan.stages, streaming)
         groups = group_buffers(plan.stages) if streaming else []
         context = beam_exec.FnApiRunnerExecutionContext(

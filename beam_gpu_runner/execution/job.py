@@ -171,6 +171,11 @@ class Job:
             self._engine = engine
             for group in groups:
                 self._groupings[grouping_stage(group)] = grouping_for(context, group)
+            # One worker per pool that runs bundles starts now, so the first
+            # bundle of each stage does not wait for a process, imports, setup().
+            for key in {plan.pool_of_stage[s.name] for s in plan.stages
+                        if s.name not in self._groupings}:
+                self._pools[key].prestart(1)
             script = build_script(context)
             if script is not None:
                 engine.add_test_stream(script)

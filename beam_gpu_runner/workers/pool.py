@@ -88,14 +88,16 @@ class WorkerPool:
             self._local.worker = worker
         return fn(worker)
 
-    def prestart(self) -> list["concurrent.futures.Future[None]"]:
-        """Start every thread's worker now, concurrently, instead of on the
-        first bundle (which would wait for process start, imports, model load).
+    def prestart(self, count: Optional[int] = None) -> list["concurrent.futures.Future[None]"]:
+        """Start ``count`` (default: all) threads' workers now, concurrently,
+        instead of on the first bundle (which would wait for process start,
+        imports, model load).
 
         Returns the futures; a failed start is raised by ``result()`` and the
         thread tries again on its next bundle.
         """
-        barrier = self._prestart_barrier = threading.Barrier(self.size)
+        count = self.size if count is None else max(1, min(count, self.size))
+        barrier = self._prestart_barrier = threading.Barrier(count)
 
         def start(_: beam_wh.WorkerHandler) -> None:
             # Hold each thread until all have a worker, so that every slot
@@ -105,7 +107,15 @@ class WorkerPool:
             except threading.BrokenBarrierError:
                 pass
 
-        return [self.submit(start) for _ in range(self.size)]
+        futures = [self.submit(start) for _ in range(count)]
+        for future in futures:
+            future.add_done_callback(self._log_prestart_failure)
+        return futures
+
+    def _log_prestart_failure(self, future: "concurrent.futures.Future[None]") -> None:
+        if not future.cancelled() and future.exception() is not None:
+            _LOG.warning("Pool %s: starting a worker ahead of time failed (it is retried "
+                         "with the first bundle): %s", self.key.describe(), future.exception())
 
     def _discard(self, worker: beam_wh.WorkerHandler) -> None:
         with self._lock:

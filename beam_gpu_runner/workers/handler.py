@@ -15,6 +15,7 @@ from beam_gpu_runner.workers.errors import WorkerLostError, WorkerStartError
 _LOG = logging.getLogger(__name__)
 
 _POLL_S = 0.05
+_GOODBYE_S = 3.0   # how long an idle harness gets to exit by itself
 
 
 class ProcessWorkerHandler(beam_wh.GrpcWorkerHandler):
@@ -118,13 +119,24 @@ class ProcessWorkerHandler(beam_wh.GrpcWorkerHandler):
             self._process.stop()
 
     def close(self) -> None:
-        """Stop the process first, then fail whatever still waits on it.
+        """End the worker; never wait for a running bundle.
 
-        A graceful Fn API close would wait for a running bundle to finish;
-        closing is for the end of a job or a cancel, when nothing more is
-        wanted from this worker.
+        An idle worker is told over the Fn API and exits by itself. A busy one
+        (a cancel, a failed job) is stopped first, then whatever still waits
+        on it fails with WorkerLostError.
         """
         self._stopping = True
+        if self.lost is None and not self.control_conn._futures_by_id:
+            # Idle: say goodbye over the Fn API, so the harness ends its streams
+            # and exits by itself (no broken-stream tracebacks from either side).
+            try:
+                self.control_conn.close()
+            except Exception as exc:
+                _LOG.debug("closing the control channel of %s: %r", self.worker_id, exc)
+                exc.__traceback__ = None
+            wait = getattr(self._process, "wait", None)
+            if wait is not None:
+                wait(_GOODBYE_S)
         self.stop_worker()
         self.control_conn.abort(WorkerLostError(
             "worker %s was stopped while a request was pending" % self.worker_id))

@@ -52,6 +52,8 @@ setup(
             # Beam's own runner test suites, which we subclass, import these.
             "PyHamcrest>=2.0",
             "tenacity>=8.0",
+            # The staging tests build a client's --setup_file sdist offline.
+            "wheel>=0.40",
             "pytest-timeout>=2.3",
             "mypy>=1.10",
             "matplotlib>=3.8",

@@ -93,7 +93,31 @@ def run_on_fn_api_runner(pipeline_proto: beam_runner_api_pb2.Pipeline,
     return result
 
 
-class ThreadResult:
+class _ConditionResult:
+    """State behind a condition variable: what both test results share."""
+
+    job_name: str
+    _cond: threading.Condition
+    _state: str
+    _error: Optional[str]
+
+    @property
+    def state(self) -> str:
+        with self._cond:
+            return self._state
+
+    def wait_until_finish(self, duration: Optional[int] = None) -> Optional[str]:
+        with self._cond:
+            done = self._cond.wait_for(lambda: self._state in _TERMINAL,
+                                       None if not duration else duration / 1000.0)
+            if not done:
+                return None
+            if self._state == PipelineState.FAILED:
+                raise JobFailedError(self.job_name, self._error or "unknown error")
+            return self._state
+
+
+class ThreadResult(_ConditionResult):
     """A JobResult whose job is ``body()`` running on a background thread."""
 
     def __init__(self, job_name: str, body: Callable[[], PipelineResult]) -> None:
@@ -118,21 +142,6 @@ class ThreadResult:
                 return  # cancelled meanwhile: the outcome is discarded
             self._inner, self._state, self._error = inner, state, error
             self._cond.notify_all()
-
-    @property
-    def state(self) -> str:
-        with self._cond:
-            return self._state
-
-    def wait_until_finish(self, duration: Optional[int] = None) -> Optional[str]:
-        with self._cond:
-            done = self._cond.wait_for(lambda: self._state in _TERMINAL,
-                                       None if not duration else duration / 1000.0)
-            if not done:
-                return None
-            if self._state == PipelineState.FAILED:
-                raise JobFailedError(self.job_name, self._error or "unknown error")
-            return self._state
 
     def cancel(self) -> Optional[str]:
         with self._cond:
@@ -174,7 +183,7 @@ _RESULT_FILE = "result.json"
 _METRICS_FILE = "metrics.pb"
 
 
-class SubprocessResult:
+class SubprocessResult(_ConditionResult):
     """A JobResult for a job running in a child process (its own process group)."""
 
     def __init__(self, job_name: str, workdir: str, proc: "subprocess.Popen[bytes]") -> None:
@@ -216,21 +225,6 @@ class SubprocessResult:
             os.killpg(self.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-
-    @property
-    def state(self) -> str:
-        with self._cond:
-            return self._state
-
-    def wait_until_finish(self, duration: Optional[int] = None) -> Optional[str]:
-        with self._cond:
-            done = self._cond.wait_for(lambda: self._state in _TERMINAL,
-                                       None if not duration else duration / 1000.0)
-            if not done:
-                return None
-            if self._state == PipelineState.FAILED:
-                raise JobFailedError(self.job_name, self._error or "unknown error")
-            return self._state
 
     def cancel(self) -> Optional[str]:
         with self._cond:

@@ -23,6 +23,7 @@ psutil = pytest.importorskip("psutil")
 
 from apache_beam.portability.api import beam_fn_api_pb2_grpc  # noqa: E402
 
+from ray_helpers import eventually, gone  # noqa: E402
 from beam_gpu_runner.placement.api import WorkerLaunch  # noqa: E402
 from beam_gpu_runner.placement.ray import (  # noqa: E402
     RayPlacement, RayPlacementError, RayWorkerProcess)
@@ -63,20 +64,8 @@ def _launch(worker_id: str, control: str = "127.0.0.1:1", logging_: str = "127.0
         requirements=StageRequirements(**requirements), env=env or {})
 
 
-def _eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out after %.0fs waiting for %s" % (timeout, what))
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _actor_states() -> dict[str, str]:
@@ -147,7 +136,7 @@ def test_sdk_harness_connects_back_to_control_service(ray_cluster, fn_api_server
         worker.stop(timeout=10)
     assert not worker.is_alive()
     assert "stopped" in worker.exit_description()
-    _eventually(lambda: _gone(worker.harness_pid), 10, "the harness to end")
+    eventually(lambda: gone(worker.harness_pid), 10, "the harness to end")
     placement.close()
     assert ray.is_initialized(), "close() must not shut down a Ray it did not start"
 
@@ -257,19 +246,19 @@ def test_killed_harness_and_killed_actor_are_not_alive(ray_cluster) -> None:
         worker = placement.start_worker(_launch("ray-w-victim", gpu_count=1))
         assert worker.is_alive()
         os.kill(worker.harness_pid, signal.SIGKILL)
-        _eventually(lambda: not worker.is_alive(), 10, "the worker to be seen dead")
+        eventually(lambda: not worker.is_alive(), 10, "the worker to be seen dead")
         assert "killed by signal 9" in worker.exit_description()
         assert "ray-w-victim" in worker.exit_description()
         assert worker not in placement.workers()
 
         other = placement.start_worker(_launch("ray-w-actor-victim", gpu_count=1))
         ray.kill(other._actor, no_restart=True)   # the actor process dies
-        _eventually(lambda: not other.is_alive(), 30, "the dead actor to be seen")
+        eventually(lambda: not other.is_alive(), 30, "the dead actor to be seen")
         assert other.exit_description().startswith("actor died")
         assert other.wait(1) == -signal.SIGKILL
         assert "log on node" in other.log_tail()
         # The harness goes with its actor (PR_SET_PDEATHSIG), no orphan.
-        _eventually(lambda: _gone(other.harness_pid), 10, "the orphaned harness to end")
+        eventually(lambda: gone(other.harness_pid), 10, "the orphaned harness to end")
     finally:
         placement.close()
 
@@ -287,7 +276,7 @@ def test_harness_exit_is_reported_with_its_log_and_frees_the_gpu(ray_cluster) ->
         assert worker.started.log_path and worker.started.log_path.endswith(
             "ray-w-crash.log")
         # The dead harness's actor no longer holds the 4 GPUs.
-        _eventually(lambda: ray.available_resources().get("GPU") == 4, 10,
+        eventually(lambda: ray.available_resources().get("GPU") == 4, 10,
                     "the GPUs to be free again")
         worker.stop()   # harmless after the end
     finally:
@@ -318,16 +307,16 @@ def test_close_leaves_no_actors_or_processes(ray_cluster) -> None:
         placement.start_worker(_launch("ray-w-close-%d" % i, gpu_count=1))
         for i in range(2)]
     pids = [w.harness_pid for w in workers]
-    assert all(not _gone(pid) for pid in pids)
+    assert all(not gone(pid) for pid in pids)
     placement.close()
     assert all(not w.is_alive() for w in workers)
     assert all("stopped by close()" in w.exit_description() for w in workers)
-    _eventually(lambda: all(_gone(pid) for pid in pids), 10, "harnesses to end")
-    _eventually(lambda: all(st == "DEAD" for aid, st in _actor_states().items()
+    eventually(lambda: all(gone(pid) for pid in pids), 10, "harnesses to end")
+    eventually(lambda: all(st == "DEAD" for aid, st in _actor_states().items()
                             if aid not in before), 10, "actors to be dead")
     with pytest.raises(RayPlacementError, match="after close"):
         placement.start_worker(_launch("ray-w-late", gpu_count=1))
-    _eventually(lambda: ray.available_resources().get("GPU") == 4, 10,
+    eventually(lambda: ray.available_resources().get("GPU") == 4, 10,
                 "all 4 GPUs to be free again")
 
 
@@ -370,7 +359,7 @@ def test_gpu_runner_runs_a_hinted_stage_on_ray_workers(ray_cluster) -> None:
             assert_that(rows, check)
     finally:
         placement.close()
-    _eventually(lambda: ray.available_resources().get("GPU") == 4, 10,
+    eventually(lambda: ray.available_resources().get("GPU") == 4, 10,
                 "the job's GPUs to be free again")
 
 
@@ -388,5 +377,5 @@ def test_mnist_streaming_runs_on_ray_placement(ray_cluster, tmp_path) -> None:
     data = read_mnist(bundled.test_images_path(), bundled.test_labels_path())
     assert summary.correct == evaluate(
         bundled.default_model_path(), data.images[:2000], data.labels[:2000]).correct
-    _eventually(lambda: ray.available_resources().get("GPU") == 4, 10,
+    eventually(lambda: ray.available_resources().get("GPU") == 4, 10,
                 "the job's GPUs to be free again")

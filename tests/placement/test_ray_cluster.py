@@ -19,6 +19,7 @@ psutil = pytest.importorskip("psutil")
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from ray_helpers import eventually, gone  # noqa: E402
 from beam_gpu_runner.placement.api import WorkerLaunch  # noqa: E402
 from beam_gpu_runner.placement.ray import RayPlacement, RayPlacementError  # noqa: E402
 from beam_gpu_runner.resources import runtime_context  # noqa: E402
@@ -63,20 +64,8 @@ def _launch(worker_id: str, **requirements: Any) -> WorkerLaunch:
         requirements=StageRequirements(**requirements))
 
 
-def _eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out after %.0fs waiting for %s" % (timeout, what))
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_multi_gpu_workers_pack_on_one_node_and_use_both_nodes(two_nodes: Cluster) -> None:
@@ -121,4 +110,4 @@ def test_multi_gpu_workers_pack_on_one_node_and_use_both_nodes(two_nodes: Cluste
     finally:
         placement.close()
     assert not ray.is_initialized(), "close() must shut down the Ray it connected"
-    _eventually(lambda: all(_gone(pid) for pid in pids), 15, "harnesses to end")
+    eventually(lambda: all(gone(pid) for pid in pids), 15, "harnesses to end")

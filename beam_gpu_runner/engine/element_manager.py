@@ -115,7 +115,11 @@ class ElementManager:
 
     def add_test_stream(self, script: TestStreamScript) -> None:
         """Drive ``script.buffers`` from a TestStream; processing time becomes a
-        test clock that starts now and moves only with the script."""
+        test clock that starts at 0 (the epoch) and moves only with the script,
+        as Beam's DirectRunner's TestClock does. Starting at the epoch matters:
+        Beam's trigger driver hands a processing-time timer's timestamp to
+        ``on_fire`` as the watermark, so a wall-clock start would make an early
+        ``AfterProcessingTime`` firing look on time and close the window."""
         if self._script is not None:
             raise ValueError("ElementManager.add_test_stream: a pipeline may have at "
                              "most one TestStream (got a second for %s)"
@@ -125,7 +129,7 @@ class ElementManager:
                 raise ValueError("ElementManager.add_test_stream: buffer %r already "
                                  "has producers %s" % (buffer, self._graph.producers[buffer]))
         self._script = script
-        self._test_time = self._clock()
+        self._test_time = 0.0
 
     def now(self) -> float:
         """Processing time (seconds): the test clock under a TestStream."""

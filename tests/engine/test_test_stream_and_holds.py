@@ -99,6 +99,18 @@ def test_processing_time_is_a_test_clock_under_a_test_stream():
     assert em.handle(BundleSucceeded(g2.id)) == [JobFinished()]
 
 
+def test_the_test_clock_starts_at_the_epoch_whatever_the_real_clock_says():
+    em, clock = make(TestStreamScript(["ts"], [
+        AdvanceProcessingTime(5.0), EmitElements("ts", "e1")]))
+    assert clock.now == 1000.0 and em.now() == 0.0
+    [g1] = runs(em.start())
+    assert em.now() == 5.0
+    # A processing-time timer at 10 s (test time), not at wall time.
+    out = em.handle(BundleSucceeded(g1.id, timers=(
+        TimerUpdate("proc", "k", "k", fire_at=10_000_000, hold=MAX_TIMESTAMP),)))
+    assert out == [JobFinished()]   # never reached: dropped at the end
+
+
 def test_processing_timers_left_at_the_end_of_a_test_stream_are_dropped():
     em, _ = make(TestStreamScript(["ts"], [EmitElements("ts", "e1")]))
     [g1] = runs(em.start())

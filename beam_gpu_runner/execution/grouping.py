@@ -56,8 +56,8 @@ class StreamingGroupByKey:
     def run(self, bundle: Bundle, input_watermark: Micros, output_watermark: Micros,
             processing_time: float) -> BundleSucceeded:
         self._clock.now = Timestamp.of(processing_time)
-        in_wm = _beam_time(input_watermark)
-        out_wm = _beam_time(output_watermark)
+        in_wm = beam_time(input_watermark)
+        out_wm = beam_time(output_watermark)
         panes: list[WindowedValue] = []
         touched: set[bytes] = set()
         for family, keys in bundle.timers.items():
@@ -136,7 +136,7 @@ class StreamingGroupByKey:
         return tuple(updates), holds
 
 
-def _beam_time(micros: Micros) -> Timestamp:
+def beam_time(micros: Micros) -> Timestamp:
     if micros >= MAX_TIMESTAMP:
         return BEAM_MAX
     if micros <= MIN_TIMESTAMP:

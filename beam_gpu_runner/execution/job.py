@@ -30,9 +30,11 @@ from beam_gpu_runner.execution.errors import JobCancelledError, JobFailedError
 from beam_gpu_runner.execution.grouping import StreamingGroupByKey, grouping_for
 from beam_gpu_runner.execution.results import ResidualBuffer, ResultCollector
 from beam_gpu_runner.execution.test_stream import build_script
+from beam_gpu_runner.execution.timing import PairWithTimingStage, timing_for
 from beam_gpu_runner.preprocess.stage_graph import (
     IMPULSE, build_stage_graph, group_buffers, grouping_stage, is_streaming,
     split_timer_family_key, stage_label)
+from beam_gpu_runner.preprocess.timing import timing_stage, timing_transforms
 from beam_gpu_runner.workers.errors import WorkerLostError
 from beam_gpu_runner.workers.pool import PoolKey, WorkerFactory, WorkerPool
 
@@ -96,6 +98,8 @@ class Job:
         self._done = threading.Event()
         #: streaming GroupByKey stages, run on the driver thread
         self._groupings: dict[str, StreamingGroupByKey] = {}
+        #: PairWithTiming stages, run on the driver thread
+        self._timings: dict[str, PairWithTimingStage] = {}
         self._engine: Optional[ElementManager] = None
 
     # ---- lifecycle ----------------------------------------------------------
@@ -149,6 +153,7 @@ class Job:
         streaming = plan.streaming or is_streaming(plan.stage_context.components)
         graph = build_stage_graph(plan.stages, streaming)
         groups = group_buffers(plan.stages) if streaming else []
+        timings = timing_transforms(plan.stages)   # before setup() rewrites payloads
         context = beam_exec.FnApiRunnerExecutionContext(
             plan.stages, self._registry, plan.stage_context.components,
             plan.stage_context.safe_coders, plan.stage_context.data_channel_coders,
@@ -171,6 +176,8 @@ class Job:
             self._engine = engine
             for group in groups:
                 self._groupings[grouping_stage(group)] = grouping_for(context, group)
+            for transform_id in timings:
+                self._timings[timing_stage(transform_id)] = timing_for(context, transform_id)
             # One worker per pool that runs bundles starts now, so the first
             # bundle of each stage does not wait for a process, imports, setup().
             for key in {plan.pool_of_stage[s.name] for s in plan.stages
@@ -247,6 +254,9 @@ class Job:
         if bundle.stage in self._groupings:
             self._events.put(self._run_grouping(bundle))
             return
+        if bundle.stage in self._timings:
+            self._events.put(self._run_timing(bundle))
+            return
         bcm = stage_contexts[bundle.stage]
         inputs = self._build_inputs(bundle, graph, bcm)
         timers = self._build_timers(bundle, bcm)
@@ -281,6 +291,17 @@ class Job:
                 engine.watermark(bundle.stage), engine.now())
         except Exception as exc:   # user windowing/trigger code, or a bad coder
             return BundleFailed(bundle.id, "GroupByKey %s failed in bundle %s: %s: %s" % (
+                bundle.stage, bundle.id, type(exc).__name__, exc),
+                retriable=False, cause=exc)
+
+    def _run_timing(self, bundle: Bundle) -> Event:
+        engine = self._engine
+        assert engine is not None
+        try:
+            return self._timings[bundle.stage].run(
+                bundle, engine.watermark(bundle.stage), engine.now())
+        except Exception as exc:   # a coder that cannot take the pair
+            return BundleFailed(bundle.id, "PairWithTiming %s failed in bundle %s: %s: %s" % (
                 bundle.stage, bundle.id, type(exc).__name__, exc),
                 retriable=False, cause=exc)
 
@@ -328,7 +349,7 @@ class Job:
         parts: dict[str, int] = {}
         for stage in graph.stages:
             if stage.name not in self._plan.pool_of_stage:
-                continue   # runner-side (streaming GroupByKey)
+                continue   # runner-side (streaming GroupByKey, PairWithTiming)
             size = self._plan.pool_sizes.get(self._plan.pool_of_stage[stage.name], 1)
             for input_spec in stage.inputs:
                 if input_spec.kind is InputKind.STREAM and not stage.stateful:

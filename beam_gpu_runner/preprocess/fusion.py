@@ -2,12 +2,61 @@
 from __future__ import annotations
 
 import copy
+from typing import Iterable, Iterator
 
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import translations
 
-from beam_gpu_runner.preprocess.test_stream import test_stream_to_input
+from beam_gpu_runner.preprocess.stage_graph import is_streaming
+from beam_gpu_runner.preprocess.test_stream import (
+    test_stream_to_input, windowed_test_stream_coders)
+from beam_gpu_runner.preprocess.timing import pair_with_timing_to_runner
+
+
+def keep_timestamped_combiners_unlifted(stages: Iterable[translations.Stage],
+                                        context: translations.TransformContext
+                                        ) -> Iterator[translations.Stage]:
+    """In a streaming pipeline, a CombinePerKey whose windowing combines output
+    timestamps (OUTPUT_AT_EARLIEST / LATEST) is expanded, not lifted.
+
+    Beam's SDK pre-combines a bundle's values into one accumulator with one
+    timestamp before the GroupByKey, and the GroupByKey's trigger driver sets
+    its watermark hold from that timestamp only when it is not behind the
+    output watermark. A bundle mixing late-ish values (behind the watermark)
+    with on-time ones thus loses the hold of the on-time values and the pane
+    gets the end of the window as timestamp, where Beam's DirectRunner (which
+    does not lift) gives the earliest on-time value's. Runs before
+    ``lift_combiners``, which then leaves the expanded transforms alone.
+    Streaming here means an unbounded PCollection (``is_streaming``); a bounded
+    pipeline run with ``--streaming`` still lifts (fusion does not see the flag).
+    """
+    stages = list(stages)
+    if not is_streaming(context.components):
+        yield from stages
+        return
+    components = context.components
+    end_of_window = beam_runner_api_pb2.OutputTime.END_OF_WINDOW
+    for stage in stages:
+        transform = stage.transforms[0] if len(stage.transforms) == 1 else None
+        if (transform is None
+                or transform.spec.urn != common_urns.composites.COMBINE_PER_KEY.urn
+                or not transform.subtransforms):
+            yield stage
+            continue
+        [input_pcoll] = list(transform.inputs.values())
+        windowing = components.windowing_strategies[
+            components.pcollections[input_pcoll].windowing_strategy_id]
+        if windowing.output_time == end_of_window:
+            yield stage
+            continue
+        for sub in transform.subtransforms:
+            yield translations.Stage(
+                components.transforms[sub].unique_name, [components.transforms[sub]],
+                downstream_side_inputs=stage.downstream_side_inputs,
+                must_follow=stage.must_follow, parent=stage.name,
+                environment=stage.environment)
+
 
 #: Beam's phases, in FnApiRunner's order. Beam refuses to fuse transforms whose
 #: environments differ, and each distinct set of resource hints is its own
@@ -16,9 +65,11 @@ PHASES = (
     translations.annotate_downstream_side_inputs,
     translations.fix_side_input_pcoll_coders,
     translations.pack_combiners,
+    keep_timestamped_combiners_unlifted,
     translations.lift_combiners,
     translations.expand_sdf,
     translations.expand_gbk,
+    pair_with_timing_to_runner,
     translations.sink_flattens,
     translations.greedily_fuse,
     translations.read_to_impulse,
@@ -28,6 +79,7 @@ PHASES = (
     translations.add_impulse_to_dangling_transforms,
     translations.setup_timer_mapping,
     translations.populate_data_channel_coders,
+    windowed_test_stream_coders,
 )
 
 

@@ -10,6 +10,7 @@ from apache_beam.utils import proto_utils
 
 from beam_gpu_runner.engine.graph import (
     InputKind, InputSpec, StageGraph, StageSpec, TimerFamily)
+from beam_gpu_runner.preprocess.timing import timing_spec, timing_transforms
 
 IMPULSE = translations.IMPULSE_BUFFER.decode("ascii")
 
@@ -113,10 +114,12 @@ def build_stage_graph(stages: Iterable[translations.Stage],
     """Must run before Beam's execution context rewrites the data payloads.
 
     ``streaming``: each GroupByKey becomes a runner-side grouping stage (see
-    ``execution.grouping``) between its writers and its reader.
+    ``execution.grouping``) between its writers and its reader. Each
+    PairWithTiming is a runner-side stage too (``preprocess.timing``).
     """
     stage_list = list(stages)
     specs = [stage_spec(s, streaming) for s in stage_list]
+    specs += [timing_spec(t) for t in timing_transforms(stage_list)]
     if streaming:
         specs += [grouping_spec(b) for b in group_buffers(stage_list)]
     return StageGraph.of(specs)

@@ -1,0 +1,81 @@
+"""Preprocess phases for streaming semantics (fusion only, no job runs)."""
+from __future__ import annotations
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.portability import common_urns
+from apache_beam.testing import test_stream as beam_ts
+from apache_beam.transforms import window
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
+
+from beam_gpu_runner.preprocess.fusion import fuse
+from beam_gpu_runner.preprocess import test_stream as ts_phase
+
+
+
+
+def _coder_urns(components, coder_id):
+    """The URNs of a coder and all its components."""
+    coder = components.coders[coder_id]
+    urns = [coder.spec.urn]
+    for component in coder.component_coder_ids:
+        urns += _coder_urns(components, component)
+    return urns
+
+
+def _urns(stages):
+    return [t.spec.urn for s in stages for t in s.transforms]
+
+
+def _combine(stream: beam_ts.TestStream, combiner: window.TimestampCombiner):
+    p = beam.Pipeline(options=PipelineOptions(streaming=True))
+    _ = (p | stream | beam.Map(lambda x: ("k", x))
+         | beam.WindowInto(window.FixedWindows(10), timestamp_combiner=combiner)
+         | beam.CombinePerKey(sum))
+    return fuse(p.to_runner_api())
+
+
+@pytest.mark.parametrize("combiner, lifted", [
+    (window.TimestampCombiner.OUTPUT_AT_EOW, True),
+    (window.TimestampCombiner.OUTPUT_AT_EARLIEST, False),
+    (window.TimestampCombiner.OUTPUT_AT_LATEST, False),
+])
+def test_streaming_combiners_that_combine_timestamps_are_not_lifted(combiner, lifted):
+    _, stages = _combine(beam_ts.TestStream().add_elements([1, 2]), combiner)
+    precombine = common_urns.combine_components.COMBINE_PER_KEY_PRECOMBINE.urn
+    assert (precombine in _urns(stages)) is lifted
+
+
+def test_windowed_test_stream_elements_travel_with_an_interval_window_coder():
+    held = beam_ts.WindowedValueHolder(WindowedValue(
+        "a", Timestamp(5), [window.IntervalWindow(5, 10)]))
+    p = beam.Pipeline(options=PipelineOptions(streaming=True))
+    _ = p | beam_ts.TestStream().add_elements([held]) | beam.Map(str)
+    context, _ = fuse(p.to_runner_api())
+    [stream] = ts_phase.test_streams(context.components).values()
+    [pcoll] = stream.outputs.values()
+    urns = _coder_urns(context.components, context.data_channel_coders[pcoll])
+    assert common_urns.coders.INTERVAL_WINDOW.urn in urns
+    assert common_urns.coders.GLOBAL_WINDOW.urn not in urns
+
+
+def test_plain_test_stream_elements_keep_the_global_window_coder():
+    p = beam.Pipeline(options=PipelineOptions(streaming=True))
+    _ = p | beam_ts.TestStream().add_elements(["a"]) | beam.Map(str)
+    context, _ = fuse(p.to_runner_api())
+    [stream] = ts_phase.test_streams(context.components).values()
+    [pcoll] = stream.outputs.values()
+    urns = _coder_urns(context.components, context.data_channel_coders[pcoll])
+    assert common_urns.coders.GLOBAL_WINDOW.urn in urns
+    assert common_urns.coders.INTERVAL_WINDOW.urn not in urns
+
+
+def test_mixed_windows_in_one_output_are_refused_clearly():
+    held = beam_ts.WindowedValueHolder(WindowedValue(
+        "a", Timestamp(5), [window.IntervalWindow(5, 10)]))
+    p = beam.Pipeline(options=PipelineOptions(streaming=True))
+    _ = p | beam_ts.TestStream().add_elements([held, "b"]) | beam.Map(str)
+    with pytest.raises(NotImplementedError, match="IntervalWindows only"):
+        fuse(p.to_runner_api())

@@ -1,14 +1,21 @@
 """A pipeline's TestStream payload -> the engine's TestStreamScript.
 
-Times in the payload are milliseconds. Elements are encoded for the data channel of the stream's output (in the
-global window, with the event's timestamp), as the consumer stage reads them.
+Times in the payload are milliseconds. Elements are encoded for the data
+channel of the stream's output, as the consumer stage reads them: in the global
+window with the event's timestamp, or, for a ``WindowedValueHolder``, with its
+own timestamp and windows (``preprocess.test_stream.windowed_test_stream_coders``
+gives such an output a data-channel coder for them).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import logging
+from typing import Any, Iterable, Optional
+
+import grpc
 
 from apache_beam.coders.coder_impl import create_OutputStream
-from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.portability.api import (
+    beam_interactive_api_pb2, beam_interactive_api_pb2_grpc, beam_runner_api_pb2)
 from apache_beam.runners.portability.fn_api_runner import execution as beam_exec
 from apache_beam.testing.test_stream import WindowedValueHolder
 from apache_beam.transforms.window import GlobalWindow
@@ -22,14 +29,44 @@ from beam_gpu_runner.engine.timestamps import MAX_TIMESTAMP, MIN_TIMESTAMP
 from beam_gpu_runner.preprocess.stage_graph import buffer_name
 from beam_gpu_runner.preprocess.test_stream import test_stream_buffer, test_streams
 
+_LOG = logging.getLogger(__name__)
 
-def _micros(millis: int) -> int:
-    """TestStreamPayload times are milliseconds; Beam's bounds map to ours."""
-    if millis <= MIN_TIMESTAMP // 1000:
+
+#: How long to wait for a TestStreamService to send all its events.
+SERVICE_READ_TIMEOUT_S = 60.0
+
+
+def _micros(value: int, unit: int = 1000) -> int:
+    """A payload time in ``unit`` microseconds (1000: the milliseconds of a
+    pipeline's TestStreamPayload); Beam's bounds map to ours."""
+    if value <= MIN_TIMESTAMP // unit:
         return MIN_TIMESTAMP
-    if millis >= MAX_TIMESTAMP // 1000:
+    if value >= MAX_TIMESTAMP // unit:
         return MAX_TIMESTAMP
-    return millis * 1000
+    return value * unit
+
+
+def read_service_events(url: str, output_ids: Iterable[str],
+                        timeout: float = SERVICE_READ_TIMEOUT_S
+                        ) -> list[beam_runner_api_pb2.TestStreamPayload.Event]:
+    """All events of a TestStreamService (Beam's ``TestStreamServiceController``)
+    for the given outputs, read up front: the service's stream must end."""
+    channel = grpc.insecure_channel(url)
+    try:
+        stub = beam_interactive_api_pb2_grpc.TestStreamServiceStub(channel)
+        request = beam_interactive_api_pb2.EventsRequest(output_ids=list(output_ids))
+        return list(stub.Events(request, timeout=timeout))
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise TimeoutError(
+                "TestStream: the TestStreamService at %s did not end its event "
+                "stream within %.0f s (GpuRunner reads a service's events up front, "
+                "so the stream must be finite)" % (url, timeout)) from exc
+        raise RuntimeError("TestStream: reading events from the TestStreamService at "
+                           "%s failed: %s" % (url, exc)) from exc
+    finally:
+        channel.close()
 
 
 def build_script(context: beam_exec.FnApiRunnerExecutionContext
@@ -43,13 +80,17 @@ def build_script(context: beam_exec.FnApiRunnerExecutionContext
     [transform] = streams.values()
     payload = proto_utils.parse_Bytes(
         transform.spec.payload, beam_runner_api_pb2.TestStreamPayload)
-    if payload.endpoint.url:
-        raise NotImplementedError(
-            "TestStream %r reads its events from a service at %s; GpuRunner runs "
-            "TestStreams whose events are in the pipeline"
-            % (transform.unique_name, payload.endpoint.url))
-    element_coder = context.pipeline_context.coders[payload.coder_id]
     outputs = dict(transform.outputs)
+    if payload.endpoint.url:
+        # As Beam's DirectRunner reads a service's events: times in microseconds.
+        _LOG.info("TestStream %s: reading events from %s", transform.unique_name,
+                  payload.endpoint.url)
+        proto_events = read_service_events(payload.endpoint.url, sorted(outputs))
+        unit = 1
+    else:
+        proto_events = list(payload.events)
+        unit = 1000
+    element_coder = context.pipeline_context.coders[payload.coder_id]
     buffers = {tag: buffer_name(test_stream_buffer(pcoll)) for tag, pcoll in outputs.items()}
     # The real coder (not the runner-safe one, which sees elements as bytes):
     # it writes the same bytes, from values.
@@ -66,7 +107,7 @@ def build_script(context: beam_exec.FnApiRunnerExecutionContext
                          % (transform.unique_name, tag, sorted(outputs)))
 
     events: list[ScriptEvent] = []
-    for event in payload.events:
+    for event in proto_events:
         if event.HasField("element_event"):
             tag = tag_of(event.element_event.tag)
             impl: Any = data_coders[tag]
@@ -78,7 +119,7 @@ def build_script(context: beam_exec.FnApiRunnerExecutionContext
                     windowed = value.windowed_value  # type: ignore[attr-defined]
                 else:
                     windowed = WindowedValue(
-                        value, Timestamp(micros=_micros(element.timestamp)),
+                        value, Timestamp(micros=_micros(element.timestamp, unit)),
                         (GlobalWindow(),))
                 impl.encode_to_stream(windowed, out, True)
             buffer = beam_exec.ListBuffer(impl)
@@ -87,9 +128,9 @@ def build_script(context: beam_exec.FnApiRunnerExecutionContext
                                        len(event.element_event.elements)))
         elif event.HasField("watermark_event"):
             events.append(AdvanceWatermark(
-                _micros(event.watermark_event.new_watermark),
+                _micros(event.watermark_event.new_watermark, unit),
                 (buffers[tag_of(event.watermark_event.tag)],)))
         elif event.HasField("processing_time_event"):
             events.append(AdvanceProcessingTime(
-                event.processing_time_event.advance_duration / 1e3))
+                event.processing_time_event.advance_duration * unit / 1e6))
     return TestStreamScript(buffers.values(), events)

@@ -39,8 +39,10 @@ SKIPPED: dict[str, str] = {
     "test_basic_execution_in_records_format": _SDK_BAG_READ,
     "test_windowing": _SDK_BAG_READ,
     "test_timestamp_combiner_custom_timestamping_earliest_1":
-        "fails on BundleBasedDirectRunner too (EARLIEST timestamp combiner with "
-        "custom timestamps)",
+        "fails on BundleBasedDirectRunner too: the pipeline cannot be translated "
+        "to its proto (Beam: ValueError: unknown enum label "
+        "\"OUTPUT_AT_EARLIEST_TRANSFORMED\", then 'Unable to translate "
+        "CheckAggregation(GroupByKey)/WindowInto(WindowIntoFn)')",
 }
 #: names in SKIPPED that apply to one class only
 ONLY_IN = {"test_basic_execution": "GpuReverseTestStreamTest"}

@@ -151,3 +151,49 @@ def test_cancel_ends_a_running_job_and_its_workers():
         time.sleep(0.05)
     time.sleep(1.0)
     assert result.cancel() == PipelineState.CANCELLED
+
+
+def test_wait_until_finish_with_a_duration_returns_the_running_state():
+    from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+    p = pipeline("--streaming")
+    _ = p | PeriodicImpulse(fire_interval=0.5) | beam.Map(lambda x: x)
+    result = p.run()
+    try:
+        state = result.wait_until_finish(duration=1500)   # milliseconds, as in Beam
+        assert state in (PipelineState.STARTING, PipelineState.RUNNING)
+    finally:
+        assert result.cancel() == PipelineState.CANCELLED
+
+
+def test_match_continuously_picks_up_files_while_running(tmp_path):
+    import threading
+
+    from apache_beam.io import fileio
+    from apache_beam.utils.timestamp import Timestamp
+
+    watched = tmp_path / "in"
+    watched.mkdir()
+    (watched / "a.txt").write_text("a")
+    out = tmp_path / "seen"
+    out.mkdir()
+
+    def late_file():
+        time.sleep(1.5)
+        (watched / "b.txt").write_text("b")
+
+    class Record(beam.DoFn):
+        def process(self, metadata, out_dir=str(out)):
+            name = os.path.basename(metadata.path)
+            with open(os.path.join(out_dir, name), "w") as f:
+                f.write("seen")
+            yield name
+
+    writer = threading.Thread(target=late_file)
+    writer.start()
+    with pipeline("--streaming") as p:
+        _ = (p | fileio.MatchContinuously(str(watched / "*.txt"), interval=0.25,
+                                          stop_timestamp=Timestamp.now() + 4)
+             | beam.ParDo(Record()))
+    writer.join()
+    assert sorted(os.listdir(out)) == ["a.txt", "b.txt"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any, Mapping, Optional, Protocol
 
@@ -119,6 +120,8 @@ class ProcessWorkerFactory:
         self._stager = (EnvironmentStager(os.path.join(staging_dir, "workers"))
                         if staging_dir else None)
         self._announced: set[str] = set()
+        self._starting: set[ProcessWorkerHandler] = set()
+        self._starting_lock = threading.Lock()
 
     def start(self, key: PoolKey) -> beam_wh.WorkerHandler:
         environment = self._environments[key.environment_id]
@@ -148,13 +151,25 @@ class ProcessWorkerFactory:
             env.update(staged.env())
         handler._env = env
         self._registry.add(handler)
+        with self._starting_lock:
+            self._starting.add(handler)
         try:
             handler.start_worker()
         except Exception:
             self._release(handler.worker_id)
             self._registry.remove(handler)
             raise
+        finally:
+            with self._starting_lock:
+                self._starting.discard(handler)
         return handler
+
+    def abort_starts(self) -> None:
+        """Make workers still starting give up now (the job is ending)."""
+        with self._starting_lock:
+            starting = list(self._starting)
+        for handler in starting:
+            handler.abort_start()
 
     def _await_external(self, handler: beam_wh.WorkerHandler,
                         environment: beam_runner_api_pb2.Environment) -> None:

@@ -75,6 +75,11 @@ class ProcessWorkerHandler(beam_wh.GrpcWorkerHandler):
     def _await_connection(self, process: WorkerProcess) -> None:
         deadline = time.monotonic() + self._start_timeout
         while self.control_conn._state != beam_wh.BeamFnControlServicer.STARTED_STATE:
+            if self._stopping:
+                process.kill()
+                raise WorkerStartError(
+                    "start_worker: worker %s was stopped while starting (its job ended)"
+                    % self.worker_id)
             if not process.is_alive():
                 raise WorkerStartError(
                     "start_worker: worker %s exited before connecting to %s: %s%s"
@@ -89,6 +94,10 @@ class ProcessWorkerHandler(beam_wh.GrpcWorkerHandler):
                        _tail(process)))
             time.sleep(_POLL_S)
         _LOG.debug("Worker %s connected", self.worker_id)
+
+    def abort_start(self) -> None:
+        """Give up a start in progress (``start_worker`` raises soon)."""
+        self._stopping = True
 
     def _watch(self) -> None:
         process = self._process

@@ -135,6 +135,9 @@ class WorkerPool:
         """Stop all workers (killing running bundles), then the threads."""
         with self._lock:
             self._closed = True
+        abort_starts = getattr(self._factory, "abort_starts", None)
+        if abort_starts is not None:
+            abort_starts()   # do not wait for workers still connecting
         for worker in self.workers():
             try:
                 self._factory.stop(worker)

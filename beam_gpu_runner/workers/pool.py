@@ -113,6 +113,8 @@ class WorkerPool:
         return futures
 
     def _log_prestart_failure(self, future: "concurrent.futures.Future[None]") -> None:
+        if self._closed:
+            return   # the job ended first (a tiny job): nothing was lost
         if not future.cancelled() and future.exception() is not None:
             _LOG.warning("Pool %s: starting a worker ahead of time failed (it is retried "
                          "with the first bundle): %s", self.key.describe(), future.exception())

@@ -149,6 +149,13 @@ def _accelerator(text: str, transforms: Sequence[str], config: ExternalResourceC
     return out
 
 
+
+def _host_capacity(name: str, text: str, have: int, unit: str, note: str) -> HintStatus:
+    """A min_ram / cpu_count hint against what this host has."""
+    if int(text) <= have:
+        return HintStatus(name, text, HONOURED, "host has %d %s; %s" % (have, unit, note))
+    return HintStatus(name, text, DEGRADED, "host has only %d %s; runs anyway" % (have, unit))
+
 def _stage(env_id: str, transforms: tuple[str, ...], hints: Mapping[str, bytes],
            config: ExternalResourceConfig, gpus: Sequence[ResourceInfo],
            host_memory: int, host_cpus: int) -> StagePlan:
@@ -165,21 +172,11 @@ def _stage(env_id: str, transforms: tuple[str, ...], hints: Mapping[str, bytes],
             if urn == ACCELERATOR_URN:
                 statuses.extend(_accelerator(text, transforms, config, gpus))
             elif urn == MIN_RAM_URN:
-                ram = int(text)
-                statuses.append(
-                    HintStatus(name, text, HONOURED,
-                               "host has %d bytes; not reserved per worker" % host_memory)
-                    if ram <= host_memory else
-                    HintStatus(name, text, DEGRADED,
-                               "host has only %d bytes; runs anyway" % host_memory))
+                statuses.append(_host_capacity(name, text, host_memory, "bytes",
+                                               "not reserved per worker"))
             elif urn == CPU_COUNT_URN:
-                cpus = int(text)
-                statuses.append(
-                    HintStatus(name, text, HONOURED,
-                               "host has %d cores; workers are not pinned" % host_cpus)
-                    if cpus <= host_cpus else
-                    HintStatus(name, text, DEGRADED,
-                               "host has only %d cores; runs anyway" % host_cpus))
+                statuses.append(_host_capacity(name, text, host_cpus, "cores",
+                                               "workers are not pinned"))
             elif urn == MAX_ACTIVE_BUNDLES_URN:
                 statuses.append(
                     HintStatus(name, text, HONOURED,

@@ -13,6 +13,7 @@ from typing import Optional
 import yaml
 
 from beam_gpu_runner.resources.assignment import GPU_RESOURCE
+from beam_gpu_runner.resources.hints import is_vendor_only
 from beam_gpu_runner.resources.report import ResourcePlan
 
 FLINK_GPU_FACTORY = "org.apache.flink.externalresource.gpu.GPUDriverFactory"
@@ -55,7 +56,9 @@ def job_request(plan: ResourcePlan) -> JobRequest:
                 notes.append("stage %s: accelerator count %g rounded up to %d (no "
                              "fractional GPUs there)" % (stage.name, req.gpu_count, whole))
             gpus = max(gpus, whole)
-            if req.accelerator_type and req.accelerator_type not in types:
+            # A vendor-only type ("nvidia") names no model: nothing to select on.
+            if (req.accelerator_type and not is_vendor_only(req.accelerator_type)
+                    and req.accelerator_type not in types):
                 types.append(req.accelerator_type)
         if req.min_ram_bytes:
             ram = max(ram or 0, req.min_ram_bytes)

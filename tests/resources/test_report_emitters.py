@@ -126,6 +126,13 @@ def test_kubernetes_rounds_fractions_up() -> None:
     assert any("rounded up" in n for n in emitted.notes)
 
 
+def test_vendor_only_type_selects_no_node_model() -> None:
+    p = plan(pipeline(Any={"accelerator": "type:nvidia;count:1"}), name="Tesla T4")
+    doc = yaml.safe_load(kubernetes_resources(p).text)
+    assert doc["resources"]["limits"] == {"nvidia.com/gpu": 1}
+    assert "nodeSelector" not in doc
+
+
 def test_config_keys_override_emitter_names() -> None:
     config = load_config(None, ["external-resource.gpu.driver-factory.class=testing",
                                 "external-resource.gpu.kubernetes.config-key=amd.com/gpu",

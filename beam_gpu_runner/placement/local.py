@@ -1,11 +1,9 @@
 """The default placement: each worker is a subprocess on this host."""
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +15,7 @@ from google.protobuf import text_format
 from apache_beam.portability.api import endpoints_pb2
 
 from beam_gpu_runner.placement.api import WorkerLaunch
+from beam_gpu_runner.placement.process_info import describe_returncode, read_log_tail
 
 _LOG = logging.getLogger(__name__)
 
@@ -85,24 +84,10 @@ class LocalProcess:
             return None
 
     def exit_description(self) -> str:
-        code = self._popen.poll()
-        if code is None:
-            return "running (pid %d)" % self.pid
-        if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = str(-code)
-            return "killed by signal %s (pid %d)" % (name, self.pid)
-        return "exit code %d (pid %d)" % (code, self.pid)
+        return "%s (pid %d)" % (describe_returncode(self._popen.poll()), self.pid)
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                tail = collections.deque(f, maxlen=lines)
-        except OSError:
-            return ""
-        return b"".join(tail).decode("utf-8", "replace")
+        return read_log_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._lock:

@@ -15,18 +15,18 @@ no orphan harness behind.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
+from beam_gpu_runner.placement.process_info import (  # noqa: F401 (re-exported)
+    describe_returncode, read_log_tail)
 from beam_gpu_runner.resources.api import ResourceInfo
 from beam_gpu_runner.resources.runtime_context import RuntimeContext
 
@@ -79,19 +79,6 @@ class HarnessStarted:
     gpu_ids: tuple[str, ...]
     resource_env: Mapping[str, str]
     log_path: Optional[str] = None
-
-
-def describe_returncode(returncode: Optional[int]) -> str:
-    """"running", "exit code 1", "killed by signal 9 (SIGKILL)"."""
-    if returncode is None:
-        return "running"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = "unknown signal"
-        return "killed by signal %d (%s)" % (-returncode, name)
-    return "exit code %d" % returncode
 
 
 def _nvml_lookup(gpu_id: str) -> Optional[tuple[str, str, str]]:
@@ -225,14 +212,7 @@ class HarnessActor:
             return None
 
     def log_tail(self, lines: int = 20) -> str:
-        if not self.log_path:
-            return ""
-        try:
-            with open(self.log_path, "rb") as f:
-                tail = collections.deque(f, maxlen=lines)
-        except OSError:
-            return ""
-        return b"".join(tail).decode("utf-8", "replace")
+        return read_log_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 5.0) -> Optional[int]:
         """SIGTERM, then SIGKILL after ``timeout``; returns the return code."""

@@ -200,19 +200,8 @@ def test_match_continuously_picks_up_files_while_running(tmp_path):
 
 
 def test_cancel_while_workers_are_still_starting_does_not_wait_for_them():
-    class SlowToConnect(LocalPlacement):
-        """Workers that would take 60 s to connect."""
-
-        def start_worker(self, launch):
-            import subprocess
-            from beam_gpu_runner.placement.local import LocalProcess
-            log = open(os.path.join(self._log_dir, "%s.log" % launch.worker_id), "ab")
-            popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                                     stdout=log, stderr=subprocess.STDOUT)
-            return LocalProcess(launch.worker_id, popen, log.name, log)
-
     p = pipeline("--streaming", "--worker_start_timeout=120",
-                 runner=GpuRunner(placement=SlowToConnect()))
+                 runner=GpuRunner(placement=NeverConnects()))
     _ = p | beam.Create([1, 2]) | beam.Map(lambda x: x)
     result = p.run()
     time.sleep(1.0)

@@ -48,6 +48,28 @@ class _AttemptView:
         return self.outputs[buffer_id]
 
 
+#: Input is sent to the worker in Data messages of about this size. Beam's
+#: BundleManager writes a bundle's whole input into one buffer and sends it
+#: on close, so the worker could not start before all of it had been copied,
+#: sent and parsed (measured: ~80 ms of a 210 ms, 21 MB MNIST bundle).
+INPUT_MESSAGE_BYTES = 1 << 20
+
+
+class _BundleManager(fn_runner.BundleManager):
+    """Beam's BundleManager, sending input in pieces the worker starts on."""
+
+    def _send_input_to_worker(self, process_bundle_id: str, read_transform_id: str,
+                              byte_streams: Any) -> None:
+        assert self._worker_handler is not None
+        data_out = self._worker_handler.data_conn.output_stream(
+            process_bundle_id, read_transform_id)
+        for byte_stream in (byte_streams or []):
+            data_out.write(byte_stream)   # chunks hold whole elements
+            if data_out.size() >= INPUT_MESSAGE_BYTES:
+                data_out.flush()
+        data_out.close()
+
+
 @dataclass
 class AttemptResult:
     response: beam_fn_api_pb2.InstructionResponse
@@ -68,7 +90,7 @@ def run_attempt(
     progress_frequency: Optional[float] = None,
 ) -> AttemptResult:
     view = _AttemptView(stage_context, worker)
-    manager = fn_runner.BundleManager(
+    manager = _BundleManager(
         view,  # type: ignore[arg-type]
         progress_frequency,
         cache_token_generator=cache_tokens)

@@ -127,8 +127,10 @@ class GpuRunner(PipelineRunner):
         try:
             # A placement that assigns devices itself (Ray) needs no local leases.
             devices = None if placement.assigns_devices else _device_allocator(gpu_options)
-            pools = plan_pools(stages, stage_context.components, workers,
-                               placement if placement.assigns_devices else devices)
+            pools = plan_pools(
+                stages, stage_context.components, workers,
+                placement if placement.assigns_devices else devices,
+                options.view_as(pipeline_options.DebugOptions).number_of_worker_harness_threads)
         except BaseException:
             release()
             raise
@@ -145,7 +147,8 @@ class GpuRunner(PipelineRunner):
             options_json(portable), gpu_options.worker_start_timeout,
             devices, pools.stage_names, pools.hint_texts)
         plan = JobPlan(stage_context, stages, pools.pool_of_stage, pools.sizes,
-                       streaming=options.view_as(pipeline_options.StandardOptions).streaming)
+                       streaming=options.view_as(pipeline_options.StandardOptions).streaming,
+                       bundles_per_worker=pools.bundles_per_worker)
         registry.on_close(release)   # the job closes the registry when it ends
         job = Job(plan, registry, factory, gpu_options.max_bundle_attempts, workers)
         job.start()

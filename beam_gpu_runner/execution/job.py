@@ -52,6 +52,8 @@ class JobPlan:
     #: --streaming: GroupByKey follows triggers as input arrives, even when
     #: every source is bounded (otherwise only unbounded pipelines do).
     streaming: bool = False
+    #: bundles each worker of a pool runs at once (1 when absent)
+    bundles_per_worker: Mapping[PoolKey, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -166,7 +168,8 @@ class Job:
                 self._registry.register_process_bundle_descriptor(
                     bcm.process_bundle_descriptor)
             for key, size in plan.pool_sizes.items():
-                self._pools[key] = WorkerPool(key, size, self._factory)
+                self._pools[key] = WorkerPool(key, size, self._factory,
+                                              plan.bundles_per_worker.get(key, 1))
             utility_key = min(plan.pool_sizes, key=lambda k: k.requirements.needs_gpu)
             self._registry.set_utility_worker_factory(
                 lambda: self._factory.start(utility_key), self._factory.stop)

@@ -35,8 +35,8 @@ IGNORED = "ignored"
 UNSATISFIABLE = "unsatisfiable"   # the job will fail fast (ResourceShortageError)
 INVALID = "invalid"               # the hint is malformed (InvalidHintError)
 
-#: Flip when the worker pool enforces max_active_bundles_per_worker.
-POOL_HONOURS_MAX_ACTIVE_BUNDLES = False
+#: The worker pool enforces max_active_bundles_per_worker (workers/pool.py).
+POOL_HONOURS_MAX_ACTIVE_BUNDLES = True
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,18 @@
 """A pool of workers for one (environment, requirements) key.
 
-Each pool thread owns at most one worker, started lazily and replaced when it
-dies, so a pool of size N runs at most N bundles at once on N workers. The
-pool is where devices are attached: its factory leases them per worker.
+The pool has ``size`` worker slots and ``size * bundles_per_worker`` threads;
+each thread is bound to one slot, so at most ``bundles_per_worker`` bundles
+run at once on one worker (Beam's SDK harness runs concurrent bundles on its
+own threads). A slot's worker is started lazily (or ahead of time by
+``prestart``) and replaced when it dies. ``bundles_per_worker`` comes from
+the stage's ``max_active_bundles_per_worker`` resource hint, else the
+runner's default. The pool is where devices are attached: its factory leases
+them per worker.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
 import threading
 from dataclasses import dataclass
@@ -42,75 +48,93 @@ def is_lost(handler: beam_wh.WorkerHandler) -> bool:
     return bool(getattr(handler, "lost", None))
 
 
+class _Slot:
+    """One worker place; its lock serialises starting and replacing it."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.lock = threading.Lock()
+        self.worker: Optional[beam_wh.WorkerHandler] = None
+
+
 class WorkerPool:
-    def __init__(self, key: PoolKey, size: int, factory: WorkerFactory) -> None:
+    def __init__(self, key: PoolKey, size: int, factory: WorkerFactory,
+                 bundles_per_worker: Optional[int] = None) -> None:
         if size < 1:
             raise ValueError("WorkerPool %s: size must be >= 1, got %d"
                              % (key.describe(), size))
+        if bundles_per_worker is None:
+            bundles_per_worker = key.requirements.max_active_bundles_per_worker or 1
+        if bundles_per_worker < 1:
+            raise ValueError("WorkerPool %s: bundles_per_worker must be >= 1, got %d"
+                             % (key.describe(), bundles_per_worker))
         self.key = key
         self.size = size
+        self.bundles_per_worker = bundles_per_worker
         self._factory = factory
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=size, thread_name_prefix="pool-%s" % key.environment_id)
+            max_workers=size * bundles_per_worker,
+            thread_name_prefix="pool-%s" % key.environment_id)
+        self._slots = [_Slot(i) for i in range(size)]
+        self._thread_ordinals = itertools.count()
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._workers: list[beam_wh.WorkerHandler] = []
         self._closed = False
-        self._prestart_wait = 120.0
-        self._prestart_barrier: Optional[threading.Barrier] = None
+
+    @property
+    def threads(self) -> int:
+        """How many bundles the pool runs at once."""
+        return self.size * self.bundles_per_worker
 
     def submit(self, fn: Callable[[beam_wh.WorkerHandler], T]) -> "concurrent.futures.Future[T]":
-        """Run ``fn(worker)`` on a pool thread with that thread's worker."""
+        """Run ``fn(worker)`` on a pool thread with its slot's worker."""
         return self._executor.submit(self._run, fn)
 
     def _run(self, fn: Callable[[beam_wh.WorkerHandler], T]) -> T:
-        worker: Optional[beam_wh.WorkerHandler] = getattr(self._local, "worker", None)
-        if worker is not None and is_lost(worker):
-            self._discard(worker)
-            worker = None
-        if worker is None:
-            if self._closed:
-                raise RuntimeError("WorkerPool %s is closed" % self.key.describe())
-            try:
+        slot: Optional[_Slot] = getattr(self._local, "slot", None)
+        if slot is None:
+            # Threads are created one by one as work arrives: the first
+            # ``size`` threads take one slot each, later ones share them.
+            slot = self._slots[next(self._thread_ordinals) % self.size]
+            self._local.slot = slot
+        return fn(self._worker_of(slot))
+
+    def _worker_of(self, slot: _Slot) -> beam_wh.WorkerHandler:
+        with slot.lock:
+            worker = slot.worker
+            if worker is not None and is_lost(worker):
+                self._discard(slot, worker)
+                worker = None
+            if worker is None:
+                if self._closed:
+                    raise RuntimeError("WorkerPool %s is closed" % self.key.describe())
                 worker = self._factory.start(self.key)
-            except BaseException:
-                barrier = self._prestart_barrier
-                if barrier is not None:
-                    barrier.abort()   # release the other prestarting threads now
-                raise
-            with self._lock:
-                closed = self._closed
-                if not closed:
-                    self._workers.append(worker)
-            if closed:   # close() ran while this worker was starting
-                self._factory.stop(worker)
-                raise RuntimeError("WorkerPool %s is closed" % self.key.describe())
-            self._local.worker = worker
-        return fn(worker)
+                with self._lock:
+                    closed = self._closed
+                    if not closed:
+                        slot.worker = worker
+                if closed:   # close() ran while this worker was starting
+                    self._factory.stop(worker)
+                    raise RuntimeError("WorkerPool %s is closed" % self.key.describe())
+            return worker
 
     def prestart(self, count: Optional[int] = None) -> list["concurrent.futures.Future[None]"]:
-        """Start ``count`` (default: all) threads' workers now, concurrently,
+        """Start the workers of ``count`` (default: all) slots now, concurrently,
         instead of on the first bundle (which would wait for process start,
         imports, model load).
 
         Returns the futures; a failed start is raised by ``result()`` and the
-        thread tries again on its next bundle.
+        slot tries again with its next bundle.
         """
         count = self.size if count is None else max(1, min(count, self.size))
-        barrier = self._prestart_barrier = threading.Barrier(count)
-
-        def start(_: beam_wh.WorkerHandler) -> None:
-            # Hold each thread until all have a worker, so that every slot
-            # (not one thread many times) gets one.
-            try:
-                barrier.wait(timeout=self._prestart_wait)
-            except threading.BrokenBarrierError:
-                pass
-
-        futures = [self.submit(start) for _ in range(count)]
+        futures = [self._executor.submit(self._prestart_slot, self._slots[i])
+                   for i in range(count)]
         for future in futures:
             future.add_done_callback(self._log_prestart_failure)
         return futures
+
+    def _prestart_slot(self, slot: _Slot) -> None:
+        self._worker_of(slot)
 
     def _log_prestart_failure(self, future: "concurrent.futures.Future[None]") -> None:
         if self._closed:
@@ -119,11 +143,10 @@ class WorkerPool:
             _LOG.warning("Pool %s: starting a worker ahead of time failed (it is retried "
                          "with the first bundle): %s", self.key.describe(), future.exception())
 
-    def _discard(self, worker: beam_wh.WorkerHandler) -> None:
+    def _discard(self, slot: _Slot, worker: beam_wh.WorkerHandler) -> None:
         with self._lock:
-            if worker in self._workers:
-                self._workers.remove(worker)
-        self._local.worker = None
+            if slot.worker is worker:
+                slot.worker = None
         try:
             self._factory.stop(worker)
         except Exception:
@@ -131,7 +154,7 @@ class WorkerPool:
 
     def workers(self) -> list[beam_wh.WorkerHandler]:
         with self._lock:
-            return list(self._workers)
+            return [s.worker for s in self._slots if s.worker is not None]
 
     def close(self) -> None:
         """Stop all workers (killing running bundles), then the threads."""
@@ -147,4 +170,5 @@ class WorkerPool:
                 _LOG.warning("Stopping worker %s failed", worker.worker_id, exc_info=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
         with self._lock:
-            self._workers.clear()
+            for slot in self._slots:
+                slot.worker = None

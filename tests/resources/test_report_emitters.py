@@ -78,7 +78,7 @@ def test_statuses() -> None:
     assert status(p, "Half", "cpu_count") == DEGRADED
     assert status(p, "Wrong", "accelerator") == UNSATISFIABLE
     assert status(p, "TooMany", "accelerator") == UNSATISFIABLE
-    assert status(p, "Bundles", "max_active_bundles_per_worker") == IGNORED
+    assert status(p, "Bundles", "max_active_bundles_per_worker") == HONOURED
     assert p.unhinted_transforms > 0
     text = format_plan(p)
     assert "stage Half" in text and "DEGRADED" in text and "shares one GPU" in text

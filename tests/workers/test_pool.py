@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 import time
 
 import pytest
@@ -125,3 +126,57 @@ def test_prestart_failure_is_reported_at_once_and_retried_later():
     assert errors == ["cannot start worker"]
     assert pool.submit(lambda w: w.worker_id).result().startswith("fake-")
     pool.close()
+
+
+def _peak_concurrency(pool: WorkerPool, tasks: int) -> tuple[int, set]:
+    running: list[str] = []
+    peak: list[int] = []
+    lock = threading.Lock()
+
+    def work(worker):
+        with lock:
+            running.append(worker.worker_id)
+            peak.append(len(running))
+        time.sleep(0.05)
+        with lock:
+            running.remove(worker.worker_id)
+        return worker.worker_id
+
+    used = {f.result() for f in [pool.submit(work) for _ in range(tasks)]}
+    return max(peak), used
+
+
+def test_bundles_per_worker_run_concurrently_on_one_worker():
+    factory = TestingWorkerFactory()
+    pool = WorkerPool(KEY, 1, factory, bundles_per_worker=3)
+    peak, used = _peak_concurrency(pool, 9)
+    pool.close()
+    assert peak == 3 and used == {"fake-0"} and len(factory.started) == 1
+
+
+def test_two_workers_with_two_bundles_each():
+    factory = TestingWorkerFactory()
+    pool = WorkerPool(KEY, 2, factory, bundles_per_worker=2)
+    assert pool.threads == 4
+    peak, used = _peak_concurrency(pool, 16)
+    pool.close()
+    assert peak == 4 and len(used) == 2 and len(factory.started) == 2
+
+
+def test_the_stage_hint_sets_bundles_per_worker_when_not_given():
+    key = PoolKey("env", replace(NO_REQUIREMENTS, max_active_bundles_per_worker=3))
+    pool = WorkerPool(key, 1, TestingWorkerFactory())
+    assert pool.bundles_per_worker == 3
+    pool.close()
+    with pytest.raises(ValueError, match="bundles_per_worker must be >= 1"):
+        WorkerPool(KEY, 1, TestingWorkerFactory(), bundles_per_worker=0)
+
+
+def test_a_lost_shared_worker_is_replaced_once():
+    factory = TestingWorkerFactory()
+    pool = WorkerPool(KEY, 1, factory, bundles_per_worker=2)
+    first = pool.submit(lambda w: w).result()
+    first.lost = "worker fake-0 died"
+    later = {pool.submit(lambda w: w.worker_id).result() for _ in range(6)}
+    pool.close()
+    assert later == {"fake-1"} and factory.stopped.count(first) == 1

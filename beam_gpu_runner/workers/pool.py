@@ -1,10 +1,11 @@
 """A pool of workers for one (environment, requirements) key.
 
 The pool has ``size`` worker slots and ``size * bundles_per_worker`` threads;
-each thread is bound to one slot, so at most ``bundles_per_worker`` bundles
-run at once on one worker (Beam's SDK harness runs concurrent bundles on its
-own threads). A slot's worker is started lazily (or ahead of time by
-``prestart``) and replaced when it dies. ``bundles_per_worker`` comes from
+at most ``bundles_per_worker`` bundles run at once on one worker (Beam's SDK
+harness runs concurrent bundles on its own threads). A bundle goes to an idle
+started worker first, then starts another worker, then shares the least busy
+one. A slot's worker is started lazily (or ahead of time by ``prestart``) and
+replaced when it dies. ``bundles_per_worker`` comes from
 the stage's ``max_active_bundles_per_worker`` resource hint, else the
 runner's default. The pool is where devices are attached: its factory leases
 them per worker.
@@ -12,7 +13,6 @@ them per worker.
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import logging
 import threading
 from dataclasses import dataclass
@@ -55,6 +55,8 @@ class _Slot:
         self.index = index
         self.lock = threading.Lock()
         self.worker: Optional[beam_wh.WorkerHandler] = None
+        #: bundles running on (or waiting for) this slot's worker
+        self.active = 0
 
 
 class WorkerPool:
@@ -76,8 +78,6 @@ class WorkerPool:
             max_workers=size * bundles_per_worker,
             thread_name_prefix="pool-%s" % key.environment_id)
         self._slots = [_Slot(i) for i in range(size)]
-        self._thread_ordinals = itertools.count()
-        self._local = threading.local()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -91,13 +91,27 @@ class WorkerPool:
         return self._executor.submit(self._run, fn)
 
     def _run(self, fn: Callable[[beam_wh.WorkerHandler], T]) -> T:
-        slot: Optional[_Slot] = getattr(self._local, "slot", None)
-        if slot is None:
-            # Threads are created one by one as work arrives: the first
-            # ``size`` threads take one slot each, later ones share them.
-            slot = self._slots[next(self._thread_ordinals) % self.size]
-            self._local.slot = slot
-        return fn(self._worker_of(slot))
+        slot = self._take_slot()
+        try:
+            return fn(self._worker_of(slot))
+        finally:
+            with self._lock:
+                slot.active -= 1
+
+    def _take_slot(self) -> _Slot:
+        """An idle started worker, else a slot with no worker yet (it starts
+        one: more parallelism), else the least busy. Some slot always has
+        room: there are only ``size * bundles_per_worker`` threads."""
+        with self._lock:
+            free = [s for s in self._slots if s.active < self.bundles_per_worker]
+            started = [s for s in free if s.worker is not None and not is_lost(s.worker)]
+            idle = [s for s in started if s.active == 0]
+            empty = [s for s in free if (s.worker is None or is_lost(s.worker))
+                     and s.active == 0]
+            slot = (idle[0] if idle else empty[0] if empty
+                    else min(free, key=lambda s: s.active))
+            slot.active += 1
+            return slot
 
     def _worker_of(self, slot: _Slot) -> beam_wh.WorkerHandler:
         with slot.lock:
@@ -134,7 +148,13 @@ class WorkerPool:
         return futures
 
     def _prestart_slot(self, slot: _Slot) -> None:
-        self._worker_of(slot)
+        with self._lock:
+            slot.active += 1   # a bundle arriving meanwhile waits for this start
+        try:
+            self._worker_of(slot)
+        finally:
+            with self._lock:
+                slot.active -= 1
 
     def _log_prestart_failure(self, future: "concurrent.futures.Future[None]") -> None:
         if self._closed:

@@ -180,3 +180,14 @@ def test_a_lost_shared_worker_is_replaced_once():
     later = {pool.submit(lambda w: w.worker_id).result() for _ in range(6)}
     pool.close()
     assert later == {"fake-1"} and factory.stopped.count(first) == 1
+
+
+def test_an_idle_started_worker_is_used_before_another_starts():
+    factory = TestingWorkerFactory()
+    pool = WorkerPool(KEY, 3, factory, bundles_per_worker=2)
+    for future in pool.prestart(1):
+        future.result()
+    ids = [pool.submit(lambda w: w.worker_id).result() for _ in range(5)]
+    pool.close()
+    # One bundle at a time: the prestarted worker takes them all.
+    assert ids == ["fake-0"] * 5 and len(factory.started) == 1

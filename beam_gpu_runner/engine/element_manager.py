@@ -105,6 +105,9 @@ class ElementManager:
         self._timer_kind = {
             (s.name, t.family): t.processing_time
             for s in graph.stages for t in s.timer_families}
+        self._unheld_timers = {
+            (s.name, t.family) for s in graph.stages for t in s.timer_families
+            if not t.holds_watermark}
 
     # ---- inputs -------------------------------------------------------------
 
@@ -215,6 +218,8 @@ class ElementManager:
             if update.payload is None:
                 state.timers.pop((update.family, update.key), None)
             else:
+                if kind in self._unheld_timers:
+                    update = replace(update, hold=MAX_TIMESTAMP)
                 state.timers[(update.family, update.key)] = _PendingTimer(
                     update, self._timer_kind[kind])
         for key, hold in event.holds.items():
@@ -273,11 +278,10 @@ class ElementManager:
             if out or self._bundles:
                 # Dispatching changes holds only by moving work to in-flight.
                 return out
-            # Quiet: the TestStream's next event, if any, then look again.
-            if not self._step_script():
+            # Quiet: the TestStream's next event, if any, then look again;
+            # then timers that can no longer fire (their holds go with them).
+            if not self._step_script() and not self._drop_final_processing_timers():
                 break
-        if self._test_time is not None:
-            self._drop_final_processing_timers()
         if all(s.idle() for s in self._stages.values()):
             self._done = True
             return [JobFinished()]
@@ -307,9 +311,13 @@ class ElementManager:
             _LOG.debug("TestStream: processing time +%.3fs", event.by)
         return True
 
-    def _drop_final_processing_timers(self) -> None:
+    def _drop_final_processing_timers(self) -> bool:
         """Under a test clock that no event moves any more, processing-time
-        timers of stages whose input is complete can never fire: drop them."""
+        timers of stages whose input is complete can never fire: drop them
+        (True when some were)."""
+        if self._test_time is None:
+            return False
+        dropped = False
         for state in self._stages.values():
             if state.has_data_work() or self._input_watermark(state.spec) < MAX_TIMESTAMP:
                 continue
@@ -317,6 +325,8 @@ class ElementManager:
                 _LOG.debug("Dropping processing-time timer %r of stage %s at the end "
                            "of its input", key, state.spec.name)
                 del state.timers[key]
+                dropped = True
+        return dropped
 
     def _release(self, state: _StageState, now: float, processing_now: float) -> None:
         spec = state.spec

@@ -30,6 +30,9 @@ class InputSpec:
 class TimerFamily:
     family: str          # opaque id, unique within the stage
     processing_time: bool = False
+    #: False: its timers do not hold the stage's output watermark (Beam
+    #: Java's ``withNoOutputTimestamp``), whatever hold their updates carry.
+    holds_watermark: bool = True
 
 
 @dataclass(frozen=True)

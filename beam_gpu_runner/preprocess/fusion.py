@@ -8,6 +8,7 @@ from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import translations
 
+from beam_gpu_runner.preprocess.reverse_test_stream import reverse_test_stream_dofns
 from beam_gpu_runner.preprocess.stage_graph import is_streaming
 from beam_gpu_runner.preprocess.test_stream import (
     test_stream_to_input, windowed_test_stream_coders)
@@ -69,6 +70,7 @@ PHASES = (
     translations.lift_combiners,
     translations.expand_sdf,
     translations.expand_gbk,
+    reverse_test_stream_dofns,
     pair_with_timing_to_runner,
     translations.sink_flattens,
     translations.greedily_fuse,

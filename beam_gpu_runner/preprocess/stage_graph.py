@@ -10,6 +10,7 @@ from apache_beam.utils import proto_utils
 
 from beam_gpu_runner.engine.graph import (
     InputKind, InputSpec, StageGraph, StageSpec, TimerFamily)
+from beam_gpu_runner.preprocess.reverse_test_stream import unheld_timer_families
 from beam_gpu_runner.preprocess.timing import timing_spec, timing_transforms
 
 IMPULSE = translations.IMPULSE_BUFFER.decode("ascii")
@@ -73,11 +74,13 @@ def stage_spec(stage: translations.Stage, streaming: bool = False) -> StageSpec:
         elif t.spec.urn in translations.PAR_DO_URNS:
             payload = proto_utils.parse_Bytes(
                 t.spec.payload, beam_runner_api_pb2.ParDoPayload)
+            unheld = unheld_timer_families(t, payload)
             for family, spec in payload.timer_family_specs.items():
                 timers.append(TimerFamily(
                     timer_family_key(t.unique_name, family),
                     processing_time=(spec.time_domain ==
-                                     beam_runner_api_pb2.TimeDomain.PROCESSING_TIME)))
+                                     beam_runner_api_pb2.TimeDomain.PROCESSING_TIME),
+                    holds_watermark=family not in unheld))
     side_inputs = tuple(sorted({
         buffer_name(translations.create_buffer_id(pcoll))
         for pcoll in stage.side_inputs()}))

@@ -175,3 +175,44 @@ def test_unread_input_holds_the_consumers_input_watermark():
     # watermark (what it judges lateness by) stays at 10, not at the stream's.
     assert em.input_watermark("Group") == 10
     assert em.handle(BundleSucceeded(g2.id)) == [JobFinished()]
+
+
+def test_dropping_final_processing_timers_releases_their_holds():
+    """Gen's processing-time timer holds its output at 0 until the test clock
+    ends; once it is dropped, Group's input watermark reaches MAX and its
+    event-time timer (at 16) fires instead of the job looking stuck."""
+    graph = StageGraph.of([
+        StageSpec("Gen", (InputSpec("in_ts", "ts", InputKind.STREAM),), ("g",),
+                  timer_families=(TimerFamily("proc", processing_time=True),),
+                  stateful=True),
+        StageSpec("Group", (InputSpec("in_g", "g", InputKind.STREAM),),
+                  timer_families=(TimerFamily("event"),), stateful=True),
+    ])
+    em, _ = make(TestStreamScript(["ts"], [EmitElements("ts", "e1")]), graph)
+    [gen] = runs(em.start())
+    [group] = runs(em.handle(BundleSucceeded(gen.id, produced={"g": ("x",)}, timers=(
+        TimerUpdate("proc", "k", "k", fire_at=10**12, hold=0),))))
+    out = runs(em.handle(BundleSucceeded(group.id, timers=(
+        TimerUpdate("event", "k", "k", fire_at=16, hold=16),))))
+    [fired] = out
+    assert fired.stage == "Group" and fired.timers == {"event": ("k",)}
+    assert em.watermark("Gen") == MAX_TIMESTAMP
+    assert em.handle(BundleSucceeded(fired.id)) == [JobFinished()]
+
+
+def test_a_timer_family_that_holds_no_watermark():
+    graph = StageGraph.of([
+        StageSpec("Gen", (InputSpec("in_ts", "ts", InputKind.STREAM),), ("g",),
+                  timer_families=(TimerFamily("proc", processing_time=True,
+                                              holds_watermark=False),),
+                  stateful=True),
+        StageSpec("Sink", (InputSpec("in_g", "g", InputKind.STREAM),)),
+    ])
+    em, _ = make(TestStreamScript(["ts"], [EmitElements("ts", "e1"), AdvanceWatermark(50),
+                                           EmitElements("ts", "e2")]), graph)
+    [gen] = runs(em.start())
+    [gen2] = runs(em.handle(BundleSucceeded(gen.id, timers=(
+        TimerUpdate("proc", "k", "k", fire_at=10**12, hold=0),))))
+    # The update asked for a hold at 0; the family holds nothing.
+    assert em.watermark("Gen") == 50
+    assert em.handle(BundleSucceeded(gen2.id)) == [JobFinished()]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Hashable, Optional
 
 from beam_gpu_runner.engine.events import (
-    Bundle, BundleFailed, BundleSucceeded, Event, Instruction, JobFailed,
+    Bundle, BundleFailed, BundleSucceeded, Drain, Event, Instruction, JobFailed,
     JobFinished, Payload, RunBundle, Tick, TimerUpdate, WindowedPayload)
 from beam_gpu_runner.engine.graph import InputKind, StageGraph, StageSpec
 from beam_gpu_runner.engine.test_stream import (
@@ -99,6 +99,8 @@ class ElementManager:
         self._seq = itertools.count()
         self._bundles: dict[str, Bundle] = {}     # in flight, by id
         self._done = False
+        #: A Drain arrived: see ``events.Drain``.
+        self._draining = False
         #: A TestStream drives its outputs and, once added, processing time.
         self._script: Optional[TestStreamScript] = None
         self._test_time: Optional[float] = None
@@ -153,6 +155,8 @@ class ElementManager:
                 return [failed]
         elif isinstance(event, Tick):
             pass
+        elif isinstance(event, Drain):
+            self._on_drain()
         else:  # pragma: no cover - typing guards this
             raise TypeError("ElementManager.handle: unknown event %r" % (event,))
         return self._schedule()
@@ -168,6 +172,10 @@ class ElementManager:
     def in_flight(self) -> int:
         return len(self._bundles)
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
     def next_wakeup(self) -> Optional[float]:
         """Processing time of the next delayed bundle or timer, if any."""
         times = [t for s in self._stages.values() for t, _, _ in s.delayed[:1]]
@@ -177,7 +185,7 @@ class ElementManager:
         return min(times, default=None)
 
     def describe(self) -> str:
-        lines = []
+        lines = ["(draining)"] if self._draining else []
         for s in self._stages.values():
             lines.append(
                 "%s: in_wm=%s out_wm=%s ready=%d delayed=%d barrier=%d timers=%d "
@@ -204,7 +212,10 @@ class ElementManager:
         if event.residuals:
             residual = replace(self._new_bundle(
                 bundle.stage, dict(event.residuals), event.residual_hold), residual=True)
-            if event.resume_at > self._clock():
+            # Draining: the rest of a restriction read before the drain is
+            # truncated at once, not after the delay the source asked for.
+            truncate_now = self._draining and not bundle.drain
+            if event.resume_at > self._clock() and not truncate_now:
                 heapq.heappush(state.delayed,
                                (event.resume_at, next(self._seq), residual))
             else:
@@ -240,6 +251,20 @@ class ElementManager:
                 state.barrier.append(_Held(transform, payload, release_at, hold))
             else:
                 state.ready.append(self._new_bundle(stage, {transform: (payload,)}, hold))
+
+    def _on_drain(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        waiting = 0
+        for state in self._stages.values():
+            waiting += len(state.delayed)
+            for _, _, bundle in sorted(state.delayed):
+                state.ready.append(bundle)
+            state.delayed.clear()
+        dropped = self._script.stop() if self._script is not None else 0
+        _LOG.info("Draining: %d waiting residual(s) run now, %d TestStream event(s) "
+                  "dropped, %d bundle(s) in flight", waiting, dropped, len(self._bundles))
 
     def _on_failure(self, event: BundleFailed) -> Optional[JobFailed]:
         bundle = self._pop_in_flight(event.bundle_id, "BundleFailed")
@@ -313,9 +338,10 @@ class ElementManager:
 
     def _drop_final_processing_timers(self) -> bool:
         """Under a test clock that no event moves any more, processing-time
-        timers of stages whose input is complete can never fire: drop them
-        (True when some were)."""
-        if self._test_time is None:
+        timers of stages whose input is complete can never fire; while
+        draining, those of stages whose input is complete have nothing left to
+        act on (they would re-arm forever): drop them (True when some were)."""
+        if self._test_time is None and not self._draining:
             return False
         dropped = False
         for state in self._stages.values():
@@ -371,6 +397,8 @@ class ElementManager:
             if state.spec.stateful and state.in_flight:
                 break
             bundle = state.ready.popleft()
+            if self._draining and not bundle.drain:
+                bundle = replace(bundle, drain=True)
             state.in_flight[bundle.id] = bundle
             self._bundles[bundle.id] = bundle
             out.append(RunBundle(bundle))

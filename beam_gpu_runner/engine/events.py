@@ -28,6 +28,9 @@ class Bundle:
     #: Unprocessed input the stage handed back (SDF residual): its hold is the
     #: stage's own output estimate, not upstream data still to be read.
     residual: bool = False
+    #: Dispatched while the job drains: splittable DoFns must truncate their
+    #: restrictions (an unbounded source stops, bounded work finishes).
+    drain: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,22 @@ class Tick:
     """Processing time moved on (the driver calls this when it wakes)."""
 
 
-Event = Union[BundleSucceeded, BundleFailed, Tick]
+@dataclass(frozen=True)
+class Drain:
+    """Stop reading, finish what was read (Dataflow's drain).
+
+    From now on every bundle is dispatched with ``drain=True``; residuals
+    waiting for their requested delay run at once, and so do those of bundles
+    that were in flight, so that each source's remaining restriction is
+    truncated now; a TestStream applies no more events and its watermark goes
+    to MAX. Watermarks then reach MAX as the sources stop, windows and
+    event-time timers fire, and processing-time timers of stages whose input
+    is complete are dropped (as at the end of a TestStream: with no input left
+    they could only re-arm forever). The job then ends with ``JobFinished``.
+    """
+
+
+Event = Union[BundleSucceeded, BundleFailed, Tick, Drain]
 
 
 # ---- instructions -----------------------------------------------------------

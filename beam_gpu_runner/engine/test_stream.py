@@ -59,6 +59,13 @@ class TestStreamScript:
     def exhausted(self) -> bool:
         return self._finished
 
+    def stop(self) -> int:
+        """Drop the events not applied yet (a drain): the next ``pop`` is the
+        final step to MAX_TIMESTAMP. Returns how many were dropped."""
+        dropped = len(self._events)
+        self._events.clear()
+        return dropped
+
     def pop(self) -> Optional[ScriptEvent]:
         """The next event; after the last one, a final step to MAX_TIMESTAMP."""
         if self._finished:

@@ -8,3 +8,7 @@ class JobFailedError(RuntimeError):
 
 class JobCancelledError(RuntimeError):
     """The job was cancelled before it finished."""
+
+
+class JobNotDrainableError(RuntimeError):
+    """``drain()`` of a job that ended or is being cancelled."""

@@ -22,15 +22,17 @@ from apache_beam.runners.runner import PipelineState
 
 from beam_gpu_runner.engine.element_manager import ElementManager
 from beam_gpu_runner.engine.events import (
-    Bundle, BundleFailed, BundleSucceeded, Event, Instruction, JobFailed, JobFinished,
-    RunBundle, Tick)
+    Bundle, BundleFailed, BundleSucceeded, Drain, Event, Instruction, JobFailed,
+    JobFinished, RunBundle, Tick)
 from beam_gpu_runner.engine.graph import InputKind, StageGraph
 from beam_gpu_runner.execution.attempt import AttemptResult, run_attempt
-from beam_gpu_runner.execution.errors import JobCancelledError, JobFailedError
+from beam_gpu_runner.execution.errors import (
+    JobCancelledError, JobFailedError, JobNotDrainableError)
 from beam_gpu_runner.execution.grouping import StreamingGroupByKey, grouping_for
 from beam_gpu_runner.execution.results import ResidualBuffer, ResultCollector
 from beam_gpu_runner.execution.test_stream import build_script
 from beam_gpu_runner.execution.timing import PairWithTimingStage, timing_for
+from beam_gpu_runner.preprocess.drain import truncating_variant
 from beam_gpu_runner.preprocess.stage_graph import (
     IMPULSE, build_stage_graph, group_buffers, grouping_stage, is_streaming,
     split_timer_family_key, stage_label)
@@ -66,6 +68,7 @@ class _Outcome:
 
 
 _CANCEL = object()
+_DRAIN = object()
 
 
 class Job:
@@ -94,6 +97,9 @@ class Job:
         self._monitoring: dict[str, list] = {}
         self._labels = {s.name: stage_label(s) for s in plan.stages}
         self._lock = threading.Lock()
+        #: drain() against the driver's own state changes (RUNNING, the end)
+        self._state_lock = threading.Lock()
+        self._drain_requested = False
         self.state = PipelineState.STOPPED
         self.error: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
@@ -103,6 +109,9 @@ class Job:
         #: PairWithTiming stages, run on the driver thread
         self._timings: dict[str, PairWithTimingStage] = {}
         self._engine: Optional[ElementManager] = None
+        self._context: Optional[beam_exec.FnApiRunnerExecutionContext] = None
+        #: stage -> its truncating variant for draining (None: it has none)
+        self._drain_contexts: dict[str, Optional[beam_exec.BundleContextManager]] = {}
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -122,6 +131,33 @@ class Job:
         self._cancelled.set()
         self._events.put(_CANCEL)
 
+    def drain(self) -> str:
+        """Stop the sources, finish what they read, fire every window; the job
+        then ends DRAINED by itself. Returns at once (the state: DRAINING).
+
+        Splittable DoFns truncate their restrictions (``preprocess.drain``),
+        the engine does the rest (``engine.events.Drain``). Raises
+        ``JobNotDrainableError`` when the job ended or is being cancelled.
+        """
+        with self._state_lock:
+            state = self.state
+            if self._done.is_set() or PipelineState.is_terminal(state):
+                raise JobNotDrainableError(
+                    "cannot drain: the job already ended in state %s; a drain stops a "
+                    "running job's sources and lets it finish what they read, so "
+                    "there is nothing left to drain" % state)
+            if self._cancelled.is_set():
+                raise JobNotDrainableError(
+                    "cannot drain: the job is being cancelled (state %s), which drops "
+                    "the data it holds; wait_until_finish() waits for the cancel"
+                    % state)
+            if not self._drain_requested:
+                self._drain_requested = True
+                self._set_state(PipelineState.DRAINING)
+                self._events.put(_DRAIN)
+                _LOG.info("Draining the job (it was %s)", state)
+            return self.state
+
     def monitoring_infos_by_stage(self) -> dict[str, list]:
         with self._lock:
             return {k: list(v) for k, v in self._monitoring.items()}
@@ -137,7 +173,9 @@ class Job:
     def _main(self) -> None:
         try:
             self._run()
-            self._set_state(PipelineState.DONE)
+            with self._state_lock:
+                self._set_state(PipelineState.DRAINED if self._drain_requested
+                                else PipelineState.DONE)
         except JobCancelledError as exc:
             self.error = exc
             self._set_state(PipelineState.CANCELLED)
@@ -160,6 +198,7 @@ class Job:
             plan.stages, self._registry, plan.stage_context.components,
             plan.stage_context.safe_coders, plan.stage_context.data_channel_coders,
             self._num_workers)
+        self._context = context
         try:
             context.setup()   # rewrites data-channel payloads to our endpoints
             initial = self._initial_inputs(context)
@@ -191,7 +230,9 @@ class Job:
                 engine.add_test_stream(script)
             for stage_name, inputs in initial:
                 engine.add_initial(stage_name, inputs)
-            self._set_state(PipelineState.RUNNING)
+            with self._state_lock:
+                if not self._drain_requested:   # DRAINING already says it runs
+                    self._set_state(PipelineState.RUNNING)
             self._loop(engine, graph, context, stage_contexts, collector)
         finally:
             self._close()
@@ -221,6 +262,8 @@ class Job:
             event: Event
             if item is None:
                 event = Tick()
+            elif item is _DRAIN:
+                event = Drain()
             elif isinstance(item, (BundleSucceeded, BundleFailed)):
                 event = item
             else:
@@ -246,7 +289,7 @@ class Job:
             previous = self._monitoring.get(bundle.stage, [])
             self._monitoring[bundle.stage] = list(consolidate(itertools.chain(
                 outcome.result.response.process_bundle.monitoring_infos, previous)))
-        return collector.to_event(bundle.id, stage_contexts[bundle.stage],
+        return collector.to_event(bundle.id, self._context_for(bundle, stage_contexts),
                                   outcome.result, outcome.inputs)
 
     # ---- dispatch -----------------------------------------------------------
@@ -260,7 +303,7 @@ class Job:
         if bundle.stage in self._timings:
             self._events.put(self._run_timing(bundle))
             return
-        bcm = stage_contexts[bundle.stage]
+        bcm = self._context_for(bundle, stage_contexts)
         inputs = self._build_inputs(bundle, graph, bcm)
         timers = self._build_timers(bundle, bcm)
         pool = self._pools[self._plan.pool_of_stage[bundle.stage]]
@@ -284,6 +327,30 @@ class Job:
                 self._events.put(_Outcome(bundle, error=exc, lost=False))
 
         future.add_done_callback(report)
+
+    def _context_for(self, bundle: Bundle,
+                     stage_contexts: Mapping[str, beam_exec.BundleContextManager]
+                     ) -> beam_exec.BundleContextManager:
+        """The stage's bundle context; for a draining bundle of a stage that
+        reads a splittable DoFn, the variant that truncates restrictions
+        (built and registered with the workers on first use)."""
+        bcm = stage_contexts[bundle.stage]
+        if not bundle.drain:
+            return bcm
+        if bundle.stage not in self._drain_contexts:
+            context = self._context
+            assert context is not None
+            variant = truncating_variant(bcm.stage, context.pipeline_components)
+            drain_bcm = None
+            if variant is not None:
+                drain_bcm = beam_exec.BundleContextManager(
+                    context, variant, bcm.num_workers, split_managers=())
+                self._registry.register_process_bundle_descriptor(
+                    drain_bcm.process_bundle_descriptor)
+                _LOG.info("Draining: stage %s truncates its restrictions from now on",
+                          self._labels.get(bundle.stage, bundle.stage))
+            self._drain_contexts[bundle.stage] = drain_bcm
+        return self._drain_contexts[bundle.stage] or bcm
 
     def _run_grouping(self, bundle: Bundle) -> Event:
         engine = self._engine

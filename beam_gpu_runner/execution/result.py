@@ -39,6 +39,19 @@ class GpuPipelineResult(PipelineResult):
         self._job.wait()
         return self.state
 
+    def drain(self) -> str:
+        """Drain the job, as Dataflow does: its sources stop reading
+        (splittable DoFns truncate their restrictions: an unbounded one stops,
+        bounded work is finished), what was read is processed, watermarks go
+        to the end of time so every window and event-time timer fires, and
+        the job ends by itself in state DRAINED with its workers stopped.
+
+        Returns at once with the state (DRAINING); ``wait_until_finish()``
+        returns DRAINED when it is done. Raises ``JobNotDrainableError`` for a
+        job that already ended or is being cancelled.
+        """
+        return self._job.drain()
+
     def metrics(self) -> FnApiMetrics:
         return FnApiMetrics(self._job.monitoring_infos_by_stage(), user_metrics_only=True)
 

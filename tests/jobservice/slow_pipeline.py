@@ -37,6 +37,52 @@ class BlockUntilReleased(beam.DoFn):
         yield element
 
 
+class WriteWindowIndexes(beam.DoFn):
+    """For ``(key, timestamps)`` of a GroupByKey over a PeriodicImpulse that
+    started at ``start`` firing every ``interval`` s: one JSON file per pane
+    in ``folder``, with the window and the element indexes in it (see
+    ``read_window_indexes``)."""
+
+    def __init__(self, folder: str, start: float, interval: float) -> None:
+        self.folder = folder
+        self.start = start
+        self.interval = interval
+
+    def process(self, element: Any, window: Any = beam.DoFn.WindowParam,
+                pane: Any = beam.DoFn.PaneInfoParam) -> Iterator[int]:
+        _, stamps = element
+        indexes = sorted(round((float(s) - self.start) / self.interval) for s in stamps)
+        path = os.path.join(self.folder, "window-%.3f-%d.json"
+                            % (float(window.start), pane.index))
+        with open(path + ".tmp", "w") as f:
+            json.dump({"start": float(window.start), "end": float(window.end),
+                       "indexes": indexes}, f)
+        os.replace(path + ".tmp", path)
+        yield len(indexes)
+
+
+def read_window_indexes(folder: str) -> list[dict[str, Any]]:
+    """What ``WriteWindowIndexes`` wrote so far, by window."""
+    out = []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("window-") and name.endswith(".json"):
+            with open(os.path.join(folder, name)) as f:
+                out.append(json.load(f))
+    return out
+
+
+def check_complete_windows(windows: list[dict[str, Any]], start: float,
+                           interval: float) -> list[int]:
+    """Every element index in exactly one pane, from 0 with no gap, each in
+    its own window, one pane per window; returns the indexes."""
+    indexes = sorted(i for w in windows for i in w["indexes"])
+    assert indexes == list(range(len(indexes))), windows
+    for w in windows:
+        assert all(w["start"] <= start + i * interval < w["end"] for i in w["indexes"]), w
+    assert len({w["start"] for w in windows}) == len(windows), windows
+    return indexes
+
+
 class ReportWorker(beam.DoFn):
     """Writes, per element, where it ran to ``<out_dir>/<tag>-<uuid>.json``:
     pid and parent pid, this worker's GPU indexes (runtime context), the

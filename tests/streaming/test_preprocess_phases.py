@@ -79,3 +79,44 @@ def test_mixed_windows_in_one_output_are_refused_clearly():
     _ = p | beam_ts.TestStream().add_elements([held, "b"]) | beam.Map(str)
     with pytest.raises(NotImplementedError, match="IntervalWindows only"):
         fuse(p.to_runner_api())
+
+
+def _periodic_impulse_stages(is_drain: bool = False):
+    from apache_beam.transforms.periodicsequence import PeriodicImpulse
+    p = beam.Pipeline(options=PipelineOptions(streaming=True))
+    _ = (p | PeriodicImpulse(start_timestamp=0, fire_interval=1)
+         | beam.WindowInto(window.FixedWindows(1)) | beam.Map(lambda x: ("k", x))
+         | beam.GroupByKey())
+    return fuse(p.to_runner_api(), is_drain=is_drain)
+
+
+def test_a_drain_variant_truncates_before_the_sdf_process_it_reads():
+    from beam_gpu_runner.preprocess.drain import PROCESS_URN, TRUNCATE_URN, truncating_variant
+    context, stages = _periodic_impulse_stages()
+    components = context.components
+    [reader] = [s for s in stages if any(t.spec.urn == PROCESS_URN for t in s.transforms)]
+    variant = truncating_variant(reader, components)
+    assert variant is not None and variant.name == reader.name
+    urns = [t.spec.urn for t in variant.transforms]
+    assert urns[urns.index(PROCESS_URN) - 1] == TRUNCATE_URN
+    read, truncate, process = variant.transforms[:3]
+    assert truncate.unique_name == "PeriodicImpulse/GenSequence/TruncateAndSizeRestriction"
+    [read_out] = read.outputs.values()
+    assert dict(truncate.inputs) == {"None": read_out}
+    [truncated] = truncate.outputs.values()
+    assert dict(process.inputs) == {"None": truncated}
+    assert components.pcollections[truncated].coder_id == \
+        components.pcollections[read_out].coder_id
+    # The running stage is left as it was; the rest of the variant is the same.
+    assert [t.unique_name for t in reader.transforms] == \
+        [t.unique_name for t in variant.transforms if t.spec.urn != TRUNCATE_URN]
+    assert dict(reader.transforms[1].inputs) == {"None": read_out}
+    # Stages that read no splittable DoFn have no variant.
+    assert [truncating_variant(s, components) for s in stages if s is not reader] == \
+        [None] * (len(stages) - 1)
+
+
+def test_a_stage_fused_for_draining_needs_no_variant():
+    from beam_gpu_runner.preprocess.drain import truncating_variant
+    context, stages = _periodic_impulse_stages(is_drain=True)
+    assert [truncating_variant(s, context.components) for s in stages] == [None] * len(stages)

@@ -14,6 +14,8 @@ from typing import Callable, Optional, Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "job-server": ("beam_gpu_runner.jobservice.main:main",
                    "run a Beam Job API server (PortableRunner --job_endpoint)"),
+    "drain": ("beam_gpu_runner.jobservice.client:drain_main",
+              "drain a job of a job server by id (sources stop, windows fire)"),
     "resources": ("beam_gpu_runner.resources.commands:resources_main",
                   "list discovered external resources and current leases"),
     "plan": ("beam_gpu_runner.resources.commands:plan_main",

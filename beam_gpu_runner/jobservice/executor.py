@@ -46,6 +46,11 @@ class JobResult(Protocol):
     def cancel(self) -> Optional[str]:
         """Ask the job to stop: end its workers and release their leases."""
 
+    # Optional: ``drain() -> str``: stop reading, finish what was read, end
+    # 'DRAINED' (GpuRunner's result has it). The Job API's Drain answers
+    # UNIMPLEMENTED for a result without it. Not part of the Protocol, so that
+    # results without it still are JobResults.
+
     def metrics(self) -> Any:
         """Beam ``MetricResults`` of the job."""
 

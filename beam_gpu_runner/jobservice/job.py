@@ -3,10 +3,13 @@
 States follow Beam's Job API (``beam_job_api_pb2.JobState``)::
 
     STOPPED -> STARTING -> RUNNING -> DONE | FAILED | CANCELLING -> CANCELLED
+                                   -> DRAINING -> DRAINED
 
 ``STOPPED`` is a prepared job that was not run yet. A job may also fail or be
 cancelled while ``STARTING``, and a ``CANCELLING`` job may still end ``DONE``
-or ``FAILED`` when it finished before the cancel took effect. Terminal states
+or ``FAILED`` when it finished before the cancel took effect. A draining job
+(its sources stopped, finishing what they read) ends ``DRAINED``, also when its
+executor reports ``DONE``; it may still fail or be cancelled. Terminal states
 (``DONE``, ``FAILED``, ``CANCELLED``, ``DRAINED``, ``UPDATED``) never change.
 
 Everything a client streams (``GetStateStream``, ``GetMessageStream``) is read
@@ -43,7 +46,7 @@ TRANSITIONS: dict[int, frozenset[int]] = {
     JobState.STOPPED: frozenset([JobState.STARTING, JobState.CANCELLED]),
     JobState.STARTING: frozenset([
         JobState.RUNNING, JobState.FAILED, JobState.CANCELLING,
-        JobState.CANCELLED, JobState.DONE]),
+        JobState.CANCELLED, JobState.DONE, JobState.DRAINING]),
     JobState.RUNNING: frozenset([
         JobState.DONE, JobState.FAILED, JobState.CANCELLING, JobState.CANCELLED,
         JobState.DRAINING, JobState.DRAINED, JobState.UPDATED]),
@@ -89,6 +92,19 @@ def job_state_of(pipeline_state: object) -> int:
     if isinstance(pipeline_state, int):
         return pipeline_state
     return _PIPELINE_STATE_TO_JOB_STATE.get(str(pipeline_state), JobState.UNSPECIFIED)
+
+
+class DrainUnsupportedError(RuntimeError):
+    """The job's executor returned a result without ``drain()``."""
+
+    def __init__(self, job_id: str, result_type: str) -> None:
+        super().__init__(job_id, result_type)
+        self.job_id = job_id
+        self.result_type = result_type
+
+    def __str__(self) -> str:
+        return ("job %s cannot drain: its executor's result (%s) has no drain(); "
+                "Cancel stops it instead" % (self.job_id, self.result_type))
 
 
 class InvalidTransitionError(RuntimeError):
@@ -141,6 +157,7 @@ class Job:
         self._next_message_id = 1
         self._result: Optional[JobResult] = None
         self._cancel_requested = False
+        self._drain_requested = False
         self._thread: Optional[threading.Thread] = None
 
     # -- state ---------------------------------------------------------------
@@ -292,8 +309,12 @@ class Job:
         with self._cond:
             self._result = result
             cancel_now = self._cancel_requested
+            drain_now = self._drain_requested and not cancel_now
         if cancel_now:
             self._cancel_result(result)
+        elif drain_now:   # asked while it was starting
+            self._try_set_state(JobState.DRAINING)
+            self._drain_result(result)
         else:
             self._try_set_state(JobState.RUNNING)
         try:
@@ -318,8 +339,11 @@ class Job:
                 return
         with self._cond:
             cancelled = self._cancel_requested
+            drained = self._drain_requested
         if state == JobState.FAILED and cancelled:
             state = JobState.CANCELLED  # failing while being stopped is stopping
+        if state == JobState.DONE and drained and not cancelled:
+            state = JobState.DRAINED    # it finished what it had read
         if state == JobState.FAILED:
             self.add_message("job %s failed (the executor reported FAILED)"
                              % self.job_id, JobMessage.JOB_MESSAGE_ERROR)
@@ -352,6 +376,44 @@ class Job:
         if result is not None and not already:
             self._cancel_result(result)
         return self.state
+
+    def drain(self) -> int:
+        """Ask the job to drain: stop reading, finish what was read, end
+        DRAINED. Returns the state after asking (DRAINING; STARTING when the
+        executor has not returned the job's result yet: it drains then).
+
+        Raises ``InvalidTransitionError`` when the job cannot drain (it ended,
+        was never run, or is being cancelled) and ``DrainUnsupportedError``
+        when its executor's result has no ``drain()``.
+        """
+        with self._cond:
+            current = self._states[-1].state
+            if current == JobState.DRAINING:
+                return current
+            if is_terminal(current) or current in (JobState.STOPPED, JobState.CANCELLING):
+                raise InvalidTransitionError(self.job_id, current, JobState.DRAINING)
+            result = self._result
+            if result is not None and not callable(getattr(result, "drain", None)):
+                raise DrainUnsupportedError(self.job_id, type(result).__name__)
+            self._drain_requested = True
+            if result is not None:
+                self.set_state(JobState.DRAINING)
+        if result is not None:
+            self._drain_result(result)
+        return self.state
+
+    def _drain_result(self, result: JobResult) -> None:
+        drain = getattr(result, "drain", None)
+        if not callable(drain):
+            self.add_message(str(DrainUnsupportedError(self.job_id, type(result).__name__)),
+                             JobMessage.JOB_MESSAGE_WARNING)
+            return
+        try:
+            drain()
+        except Exception as exc:   # e.g. it ended meanwhile: its state says how
+            _LOGGER.warning("Drain of job %s raised: %s", self.job_id, exc, exc_info=True)
+            self.add_message("drain of job %s raised: %s" % (self.job_id, exc),
+                             JobMessage.JOB_MESSAGE_WARNING)
 
     def _cancel_result(self, result: JobResult) -> None:
         try:

@@ -1,11 +1,13 @@
 """The Beam Job API servicer: Prepare, Run, GetJobs, GetState, GetStateStream,
-GetMessageStream, Cancel, GetJobMetrics, GetPipeline, DescribePipelineOptions.
+GetMessageStream, Cancel, Drain, GetJobMetrics, GetPipeline,
+DescribePipelineOptions.
 
 Jobs run through an injected ``JobExecutor``. Bad requests end with a gRPC
 status naming the operation and the offending key, and never take the server
 down: unknown ids are NOT_FOUND, a malformed pipeline or unreadable options
-INVALID_ARGUMENT, a Run of a job that already ran or a Cancel of a finished
-job FAILED_PRECONDITION.
+INVALID_ARGUMENT, a Run of a job that already ran or a Cancel or Drain of a
+finished job FAILED_PRECONDITION, a Drain of a job whose executor cannot drain
+UNIMPLEMENTED.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from apache_beam.runners.pipeline_utils import validate_pipeline_graph
 from beam_gpu_runner.jobservice.artifacts import ArtifactStore
 from beam_gpu_runner.jobservice.executor import JobExecutor, JobResult
 from beam_gpu_runner.jobservice.job import (
-    InvalidTransitionError, Job, JobState, StateEvent, is_terminal, state_name)
+    DrainUnsupportedError, InvalidTransitionError, Job, JobState, StateEvent, is_terminal,
+    state_name)
 from beam_gpu_runner.jobservice.job_options import (
     JobOptionsError, ServerJobDefaults, describe_options, job_pipeline_options,
     options_dict)
@@ -91,6 +94,17 @@ def validate_pipeline(job_name: str, pipeline: beam_runner_api_pb2.Pipeline) -> 
         raise PipelineValidationError(job_name, str(exc)) from None
 
 
+def _why_not_drainable(job_id: str, state: int) -> str:
+    if state == JobState.STOPPED:
+        return ("job %s was prepared but never run (state STOPPED): Run it first, "
+                "or Cancel it to discard it" % job_id)
+    if state == JobState.CANCELLING:
+        return ("job %s is being cancelled (state CANCELLING), which drops the data "
+                "it holds; a cancel cannot become a drain" % job_id)
+    return ("job %s already ended in state %s: there is nothing left to drain "
+            "(only a STARTING or RUNNING job can be drained)" % (job_id, state_name(state)))
+
+
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     _LOGGER.warning("Rejected request: %s (%s)", message, code.name)
     context.abort(code, message)
@@ -124,7 +138,8 @@ class JobService(beam_job_api_pb2_grpc.JobServiceServicer):
             job = self._jobs.get(job_id)
         if job is None:
             _abort(context, grpc.StatusCode.NOT_FOUND,
-                   "%s: no job with id %r" % (operation, job_id))
+                   "%s: no job with id %r (GetJobs lists the jobs of this server)"
+                   % (operation, job_id))
         return job
 
     @staticmethod
@@ -222,6 +237,20 @@ class JobService(beam_job_api_pb2_grpc.JobServiceServicer):
             self._artifacts.forget(job.job_id)
         return beam_job_api_pb2.CancelJobResponse(state=state)  # type: ignore[arg-type]
 
+    def Drain(self, request: beam_job_api_pb2.DrainJobRequest,
+              context: grpc.ServicerContext) -> beam_job_api_pb2.DrainJobResponse:
+        """Stop the job's sources; it finishes what they read and ends DRAINED."""
+        job = self._job("Drain", request.job_id, context)
+        try:
+            state = job.drain()
+        except InvalidTransitionError as exc:
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                   "Drain: %s" % _why_not_drainable(request.job_id, exc.from_state))
+        except DrainUnsupportedError as exc:
+            _abort(context, grpc.StatusCode.UNIMPLEMENTED, "Drain: %s" % exc)
+        _LOGGER.info("Draining job %s", request.job_id)
+        return beam_job_api_pb2.DrainJobResponse(state=state)  # type: ignore[arg-type]
+
     def GetStateStream(self, request: beam_job_api_pb2.GetJobStateRequest,
                        context: grpc.ServicerContext
                        ) -> Iterator[beam_job_api_pb2.JobStateEvent]:
@@ -254,7 +283,7 @@ class JobService(beam_job_api_pb2_grpc.JobServiceServicer):
                        "GetJobMetrics: job %s: the executor's monitoring_infos() "
                        "raised %s" % (job.job_id, exc))
         # Metrics of a finished job are final (committed); before, attempted.
-        if job.state == JobState.DONE:
+        if job.state in (JobState.DONE, JobState.DRAINED):
             metrics = beam_job_api_pb2.MetricResults(committed=infos)
         else:
             metrics = beam_job_api_pb2.MetricResults(attempted=infos)

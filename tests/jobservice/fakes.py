@@ -17,7 +17,8 @@ def user_counter(name: str, value: int) -> metrics_pb2.MonitoringInfo:
 
 
 class FakeResult:
-    """A JobResult the test drives: finish(), fail(), or cancel() it."""
+    """A JobResult the test drives: finish(), fail(), cancel() or drain() it
+    (a drain is recorded; the test ends it with finish(drained=True))."""
 
     def __init__(self, infos: Iterable[metrics_pb2.MonitoringInfo] = ()) -> None:
         self._cond = threading.Condition()
@@ -25,6 +26,7 @@ class FakeResult:
         self._error: Optional[str] = None
         self.infos = list(infos)
         self.cancel_calls = 0
+        self.drain_calls = 0
 
     @property
     def state(self) -> str:
@@ -37,8 +39,8 @@ class FakeResult:
                 self._state, self._error = state, error
                 self._cond.notify_all()
 
-    def finish(self) -> None:
-        self._end(PipelineState.DONE)
+    def finish(self, drained: bool = False) -> None:
+        self._end(PipelineState.DRAINED if drained else PipelineState.DONE)
 
     def fail(self, error: str) -> None:
         self._end(PipelineState.FAILED, error)
@@ -55,11 +57,21 @@ class FakeResult:
         self._end(PipelineState.CANCELLED)
         return self.state
 
+    def drain(self) -> Optional[str]:
+        self.drain_calls += 1
+        return PipelineState.DRAINING
+
     def metrics(self) -> Any:
         raise NotImplementedError("fake")
 
     def monitoring_infos(self) -> list[metrics_pb2.MonitoringInfo]:
         return list(self.infos)
+
+
+class UndrainableResult(FakeResult):
+    """A result without drain(), as another executor's may be."""
+
+    drain = None  # type: ignore[assignment]
 
 
 class ControlledExecutor:
@@ -73,7 +85,8 @@ class ControlledExecutor:
 
     def run(self, pipeline_proto: beam_runner_api_pb2.Pipeline, options: PipelineOptions,
             job_name: str, staged_artifacts_dir: Optional[str]) -> FakeResult:
-        result = FakeResult([user_counter("elements", 7)])
+        result_type = UndrainableResult if job_name.startswith("undrainable") else FakeResult
+        result = result_type([user_counter("elements", 7)])
         with self._cond:
             self.results[job_name] = result
             self.options[job_name] = options

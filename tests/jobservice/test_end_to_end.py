@@ -13,16 +13,20 @@ import apache_beam as beam
 import psutil
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.portability import python_urns
 from apache_beam.portability.api import beam_job_api_pb2
 from apache_beam.runners.runner import PipelineResult
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.periodicsequence import PeriodicImpulse
+from apache_beam.transforms.window import FixedWindows
 
 from .helpers import (
     STARTUP_LIMIT_S, TEST_EXECUTOR, ServerProcess, final_state,
     job_stub, start_server_process)
-from .slow_pipeline import BlockUntilReleased, CountAndDouble
+from .slow_pipeline import (
+    BlockUntilReleased, CountAndDouble, WriteWindowIndexes, check_complete_windows,
+    read_window_indexes)
 
 pytestmark = pytest.mark.slow
 
@@ -133,6 +137,48 @@ def test_sigterm_cancels_running_jobs(tmp_path: Path) -> None:
         (tmp_path / "release").touch()
         if srv.proc.poll() is None:
             srv.proc.kill()
+
+
+def test_drain_over_the_job_api_ends_drained_with_every_window(
+        cancellable_server: ServerProcess, tmp_path: Path) -> None:
+    """A streaming job (PeriodicImpulse due to run for an hour, 1 s windows) on
+    the server's own workers, drained through the Job API once a window fired."""
+    endpoint = cancellable_server.endpoint
+    folder = tmp_path / "windows"
+    folder.mkdir()
+    interval = 0.1
+    start = time.time()
+    options = client_options(endpoint, python_urns.SUBPROCESS_SDK, job_name="e2e-drain")
+    options.view_as(StandardOptions).streaming = True
+    p = beam.Pipeline(options=options)
+    _ = (p
+         | PeriodicImpulse(start_timestamp=start, stop_timestamp=start + 3600,
+                           fire_interval=interval)
+         | beam.WindowInto(FixedWindows(1))
+         | beam.Map(lambda t: ("stamps", t))
+         | beam.GroupByKey()
+         | beam.ParDo(WriteWindowIndexes(str(folder), start, interval)))
+    result = p.run()
+    stub = job_stub(endpoint)
+    try:
+        job_id = only_job_id(endpoint)
+        deadline = time.monotonic() + STARTUP_LIMIT_S
+        while not read_window_indexes(str(folder)):
+            assert time.monotonic() < deadline, "no window fired"
+            time.sleep(0.1)
+        workers = psutil.Process(cancellable_server.proc.pid).children(recursive=True)
+        response = stub.Drain(beam_job_api_pb2.DrainJobRequest(job_id=job_id))
+        assert response.state == JobState.DRAINING
+        assert final_state(stub, job_id) == JobState.DRAINED
+    finally:
+        if result.state not in ("DRAINED", "DONE", "FAILED", "CANCELLED"):
+            result.cancel()
+    # Beam's PortableRunner client treats every end but DONE as a failure.
+    with pytest.raises(RuntimeError, match="DRAINED"):
+        result.wait_until_finish()
+    check_complete_windows(read_window_indexes(str(folder)), start, interval)
+    _, alive = psutil.wait_procs(workers, timeout=STARTUP_LIMIT_S)
+    assert alive == [], "processes left after the drain: %s" % alive
 
 
 # The job server with Beam's FnApiRunner instead of GpuRunner: this tests the

@@ -9,9 +9,10 @@ from apache_beam.portability.api import beam_job_api_pb2, beam_runner_api_pb2
 from google.protobuf import struct_pb2
 
 from beam_gpu_runner.jobservice.job import (
-    InvalidTransitionError, Job, JobState, StateEvent, is_terminal, job_state_of)
+    DrainUnsupportedError, InvalidTransitionError, Job, JobState, StateEvent, is_terminal,
+    job_state_of)
 
-from .fakes import FakeResult
+from .fakes import FakeResult, UndrainableResult
 
 JobMessage = beam_job_api_pb2.JobMessage
 
@@ -96,6 +97,89 @@ def test_cancel_before_result_exists_cancels_result_when_it_arrives() -> None:
     job.wait_until_terminal()
     assert job.state == JobState.CANCELLED
     assert result.cancel_calls == 1
+
+
+def running(result: FakeResult) -> Job:
+    job = new_job()
+    job.start(lambda: result)
+    for event in job.state_stream():
+        if event.state == JobState.RUNNING:
+            break
+    return job
+
+
+def test_drain_running_job_ends_drained() -> None:
+    result = FakeResult()
+    job = running(result)
+    assert job.drain() == JobState.DRAINING
+    assert job.drain() == JobState.DRAINING       # asking twice: one drain
+    assert result.drain_calls == 1
+    result.finish(drained=True)
+    job.wait_until_terminal()
+    assert states(job)[-3:] == [JobState.RUNNING, JobState.DRAINING, JobState.DRAINED]
+
+
+def test_a_drained_job_whose_executor_says_done_ends_drained() -> None:
+    result = FakeResult()
+    job = running(result)
+    job.drain()
+    result.finish()
+    job.wait_until_terminal()
+    assert job.state == JobState.DRAINED
+
+
+def test_drain_before_result_exists_drains_result_when_it_arrives() -> None:
+    job = new_job()
+    result = FakeResult()
+    gate = threading.Event()
+
+    def launch() -> FakeResult:
+        gate.wait()
+        return result
+
+    job.start(launch)
+    assert job.drain() == JobState.STARTING
+    gate.set()
+    for event in job.state_stream():
+        if event.state == JobState.DRAINING:
+            break
+    assert result.drain_calls == 1
+    result.finish(drained=True)
+    job.wait_until_terminal()
+    assert states(job) == [JobState.STOPPED, JobState.STARTING, JobState.DRAINING,
+                           JobState.DRAINED]
+
+
+def test_a_draining_job_can_still_be_cancelled() -> None:
+    result = FakeResult()
+    job = running(result)
+    job.drain()
+    job.cancel()
+    job.wait_until_terminal()
+    assert states(job)[-3:] == [JobState.DRAINING, JobState.CANCELLING, JobState.CANCELLED]
+
+
+def test_drain_refusals_name_the_state() -> None:
+    with pytest.raises(InvalidTransitionError, match="STOPPED to DRAINING"):
+        new_job().drain()                         # never run
+    result = FakeResult()
+    job = running(result)
+    job.cancel()
+    with pytest.raises(InvalidTransitionError, match="(CANCELLING|CANCELLED) to DRAINING"):
+        job.drain()
+    job.wait_until_terminal()
+    with pytest.raises(InvalidTransitionError, match="CANCELLED to DRAINING"):
+        job.drain()
+    assert result.drain_calls == 0
+
+
+def test_drain_of_a_result_without_drain_is_unsupported() -> None:
+    job = running(UndrainableResult())
+    with pytest.raises(DrainUnsupportedError, match="j1 cannot drain.*UndrainableResult"):
+        job.drain()
+    assert job.state == JobState.RUNNING
+    job.cancel()
+    job.wait_until_terminal()
 
 
 def test_cancel_prepared_job() -> None:

@@ -3,6 +3,8 @@ the whole API, bad requests, several jobs, staging, options, shutdown."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import Iterator
 
 import apache_beam as beam
@@ -15,13 +17,14 @@ from apache_beam.runners.job import utils as job_utils
 from apache_beam.runners.portability import artifact_service
 
 from beam_gpu_runner.jobservice.artifacts import staged_files
+from beam_gpu_runner.jobservice.client import drain_main
 from beam_gpu_runner.jobservice.job_options import ServerJobDefaults
 from beam_gpu_runner.jobservice.main import main as job_server_main
 from beam_gpu_runner.jobservice.server import JobServer
 from beam_gpu_runner.options import GpuRunnerOptions
 
 from .fakes import ControlledExecutor, RefusingExecutor
-from .helpers import final_state, job_stub
+from .helpers import final_state, job_stub, pick_free_port
 
 JobState = beam_job_api_pb2.JobState
 
@@ -232,6 +235,7 @@ def test_staged_artifacts_land_in_the_job_dir(stub: object, server: JobServer,
     ("GetStateStream", beam_job_api_pb2.GetJobStateRequest(job_id="nope-1")),
     ("GetMessageStream", beam_job_api_pb2.JobMessagesRequest(job_id="nope-1")),
     ("Run", beam_job_api_pb2.RunJobRequest(preparation_id="nope-1")),
+    ("Drain", beam_job_api_pb2.DrainJobRequest(job_id="nope-1")),
 ])
 def test_unknown_job_id_is_not_found(stub: object, method: str, request_: object) -> None:
     error = rpc_error(getattr(stub, method), request_)
@@ -282,6 +286,96 @@ def test_cancel_of_finished_job_names_state(stub: object, executor: ControlledEx
     error = rpc_error(stub.Cancel, beam_job_api_pb2.CancelJobRequest(job_id=job_id))  # type: ignore[attr-defined]
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "DONE" in error.details() and job_id in error.details()
+
+
+def drain(stub: object, job_id: str) -> int:
+    response = stub.Drain(beam_job_api_pb2.DrainJobRequest(job_id=job_id))  # type: ignore[attr-defined]
+    state: int = response.state
+    return state
+
+
+def test_drain_over_the_api(stub: object, executor: ControlledExecutor) -> None:
+    job_id = prepare(stub, "drains").preparation_id
+    run(stub, job_id)
+    result = executor.result("drains")
+    for event in stub.GetStateStream(  # type: ignore[attr-defined]
+            beam_job_api_pb2.GetJobStateRequest(job_id=job_id)):
+        if event.state == JobState.RUNNING:
+            break
+    assert drain(stub, job_id) == JobState.DRAINING
+    assert result.drain_calls == 1
+    result.finish(drained=True)
+    assert final_state(stub, job_id) == JobState.DRAINED  # type: ignore[arg-type]
+    metrics = stub.GetJobMetrics(beam_job_api_pb2.GetJobMetricsRequest(job_id=job_id))  # type: ignore[attr-defined]
+    assert len(metrics.metrics.committed) == 1   # final, as for DONE
+
+
+def test_drain_refusals_say_why_and_what_to_do(stub: object,
+                                               executor: ControlledExecutor) -> None:
+    prepared = prepare(stub, "prepared").preparation_id
+    error = rpc_error(stub.Drain, beam_job_api_pb2.DrainJobRequest(job_id=prepared))  # type: ignore[attr-defined]
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert prepared in error.details() and "never run" in error.details()
+    assert "Run it first" in error.details()
+
+    done = prepare(stub, "finished").preparation_id
+    run(stub, done)
+    executor.result("finished").finish()
+    assert final_state(stub, done) == JobState.DONE  # type: ignore[arg-type]
+    error = rpc_error(stub.Drain, beam_job_api_pb2.DrainJobRequest(job_id=done))  # type: ignore[attr-defined]
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert done in error.details() and "already ended in state DONE" in error.details()
+    assert "nothing left to drain" in error.details()
+
+    other = prepare(stub, "undrainable").preparation_id
+    run(stub, other)
+    result = executor.result("undrainable")
+    for event in stub.GetStateStream(  # type: ignore[attr-defined]
+            beam_job_api_pb2.GetJobStateRequest(job_id=other)):
+        if event.state == JobState.RUNNING:
+            break
+    error = rpc_error(stub.Drain, beam_job_api_pb2.DrainJobRequest(job_id=other))  # type: ignore[attr-defined]
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert other in error.details() and "Cancel stops it instead" in error.details()
+    result.finish()
+    assert final_state(stub, other) == JobState.DONE  # type: ignore[arg-type]
+
+
+def test_drain_command(stub: object, server: JobServer, executor: ControlledExecutor,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    job_id = prepare(stub, "by-cli").preparation_id
+    run(stub, job_id)
+    result = executor.result("by-cli")
+    for event in stub.GetStateStream(  # type: ignore[attr-defined]
+            beam_job_api_pb2.GetJobStateRequest(job_id=job_id)):
+        if event.state == JobState.RUNNING:
+            break
+    codes: list[int] = []
+    waiter = threading.Thread(target=lambda: codes.append(
+        drain_main([job_id, "--job_endpoint", server.endpoint])))
+    waiter.start()
+    deadline = time.monotonic() + 60
+    while result.drain_calls == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    result.finish(drained=True)
+    waiter.join(60)
+    assert codes == [0]
+    assert capsys.readouterr().out == "job %s: DRAINING\njob %s: DRAINED\n" % (job_id, job_id)
+    # The job ended: a second drain is refused, naming the job and its state.
+    assert drain_main([job_id, "--job_endpoint", server.endpoint, "--no_wait"]) == 1
+    err = capsys.readouterr().err
+    assert job_id in err and "already ended in state DRAINED" in err
+    assert drain_main(["nope-2", "--job_endpoint", server.endpoint]) == 1
+    assert "no job with id 'nope-2'" in capsys.readouterr().err
+
+
+def test_drain_command_without_a_server_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    from beam_gpu_runner.cli import SUBCOMMANDS
+    assert SUBCOMMANDS["drain"][0] == "beam_gpu_runner.jobservice.client:drain_main"
+    endpoint = "localhost:%d" % pick_free_port()
+    assert drain_main(["some-job", "--job_endpoint", endpoint]) == 1
+    err = capsys.readouterr().err
+    assert "no job server answers at %s" % endpoint in err
 
 
 def test_cancel_prepared_job_then_run_is_refused(stub: object) -> None:

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from apache_beam.metrics.monitoring_infos import consolidate
 from apache_beam.runners.portability.fn_api_runner import execution as beam_exec
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.fn_api_runner import translations
@@ -29,6 +28,8 @@ from beam_gpu_runner.execution.attempt import AttemptResult, run_attempt
 from beam_gpu_runner.execution.errors import (
     JobCancelledError, JobFailedError, JobNotDrainableError)
 from beam_gpu_runner.execution.grouping import StreamingGroupByKey, grouping_for
+from beam_gpu_runner.execution.metrics import consolidate
+from beam_gpu_runner.execution.partitioned import merge_results, split_grouped
 from beam_gpu_runner.execution.results import ResidualBuffer, ResultCollector
 from beam_gpu_runner.execution.test_stream import build_script
 from beam_gpu_runner.execution.timing import PairWithTimingStage, timing_for
@@ -310,23 +311,37 @@ class Job:
         _LOG.debug("Dispatching %s (attempt %d) to pool %s", bundle.id, bundle.attempt,
                    pool.key.describe())
 
-        def attempt(worker: beam_wh.WorkerHandler) -> _Outcome:
-            try:
-                result = run_attempt(bcm, worker, inputs, timers, tokens)
-                return _Outcome(bundle, result=result, inputs=inputs)
-            except BaseException as exc:  # classified on the driver thread
-                return _Outcome(bundle, inputs=inputs, error=exc,
-                                lost=_worker_lost(worker, exc))
+        pieces = split_grouped(graph.stage(bundle.stage), inputs, pool.size)
 
-        future = pool.submit(attempt)
+        def attempt(piece: Mapping[str, beam_exec.PartitionableBuffer]
+                    ) -> Callable[[beam_wh.WorkerHandler], _Outcome]:
+            def run(worker: beam_wh.WorkerHandler) -> _Outcome:
+                try:
+                    result = run_attempt(bcm, worker, piece, timers, tokens)
+                    return _Outcome(bundle, result=result, inputs=inputs)
+                except BaseException as exc:  # classified on the driver thread
+                    return _Outcome(bundle, inputs=inputs, error=exc,
+                                    lost=_worker_lost(worker, exc))
+            return run
+
+        # A grouped input may run as parts on several workers; the bundle's
+        # outcome is reported once every part is done.
+        outcomes: list[_Outcome] = []
+        lock = threading.Lock()
 
         def report(f: Any) -> None:
             try:
-                self._events.put(f.result())
+                outcome = f.result()
             except BaseException as exc:  # could not even get a worker
-                self._events.put(_Outcome(bundle, error=exc, lost=False))
+                outcome = _Outcome(bundle, error=exc, lost=False)
+            with lock:
+                outcomes.append(outcome)
+                if len(outcomes) < len(pieces):
+                    return
+            self._events.put(_merge_outcomes(bundle, inputs, outcomes))
 
-        future.add_done_callback(report)
+        for piece in pieces:
+            pool.submit(attempt(piece)).add_done_callback(report)
 
     def _context_for(self, bundle: Bundle,
                      stage_contexts: Mapping[str, beam_exec.BundleContextManager]
@@ -448,6 +463,25 @@ class Job:
         for t in threads:
             t.join()
         self._registry.close()
+        # A finished job keeps no execution context: it holds the job's
+        # buffers and Beam's merging-window handles (a leak per job otherwise).
+        self._context = None
+        self._drain_contexts.clear()
+        self._groupings.clear()
+        self._timings.clear()
+
+
+def _merge_outcomes(bundle: Bundle, inputs: Mapping[str, beam_exec.PartitionableBuffer],
+                    outcomes: list[_Outcome]) -> _Outcome:
+    if len(outcomes) == 1:
+        return outcomes[0]
+    failed = [o for o in outcomes if o.error is not None]
+    if failed:   # the worker's own error first; lost only if that is all
+        first = next((o for o in failed if not o.lost), failed[0])
+        return _Outcome(bundle, inputs=inputs, error=first.error, lost=first.lost)
+    return _Outcome(bundle, result=merge_results([o.result for o in outcomes
+                                                   if o.result is not None]),
+                    inputs=inputs)
 
 
 def _worker_lost(worker: beam_wh.WorkerHandler, exc: BaseException) -> bool:

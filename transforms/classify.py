@@ -7,6 +7,7 @@ from typing import Any, Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
 
 from beam_gpu_runner.transforms.batch import BatchPredictions, ImageBatch
 from beam_gpu_runner.transforms.classifier import (
@@ -23,6 +24,11 @@ class ClassifyMnist(beam.DoFn):
     parameters there and compiles once for ``[batch_size, 784]``; input batches
     of any size are cut into that shape, the last one padded.
 
+    One classifier per worker process and device: the DoFn instances of
+    concurrent bundles share it through Beam's ``shared.Shared`` (as
+    RunInference shares models), so a worker compiles once and holds the
+    parameters on its device once.
+
     Which device it used is recorded twice: in each output's ``device`` field,
     and as the Beam counter ``images_on_<platform>:<id>`` (namespace
     ``beam_gpu_runner.mnist``), next to the ``images`` and ``correct`` counters.
@@ -34,6 +40,7 @@ class ClassifyMnist(beam.DoFn):
         self._model_path = model_path
         self._batch_size = batch_size
         self._classifier: Optional[BatchClassifier] = None
+        self._shared = shared.Shared()
         self._worker_id: Optional[str] = None
         self._images = Metrics.counter(METRICS_NAMESPACE, "images")
         self._correct = Metrics.counter(METRICS_NAMESPACE, "correct")
@@ -41,7 +48,9 @@ class ClassifyMnist(beam.DoFn):
     def setup(self) -> None:
         device: Any
         device, self._worker_id = runtime_device()
-        self._classifier = BatchClassifier.from_file(self._model_path, device, self._batch_size)
+        self._classifier = self._shared.acquire(
+            lambda: BatchClassifier.from_file(self._model_path, device, self._batch_size),
+            tag=(self._model_path, str(device), self._batch_size))
         _LOG.info("ClassifyMnist: worker %s classifies on %s",
                   self._worker_id, self._classifier.device_label)
 

@@ -210,3 +210,13 @@ def test_window_stats_combine() -> None:
     framed = WindowStats(images=20, correct=18, window_start=10.0, window_end=12.0)
     assert framed.images_per_second == pytest.approx(10.0)
     assert "20 images, accuracy 90.00%, 10 images/s" in framed.line()
+
+
+def test_concurrent_classify_instances_share_one_classifier(reference_model):
+    """Two DoFn copies (two concurrent bundles on one worker) compile once."""
+    import pickle
+    fn = ClassifyMnist(reference_model, batch_size=10)
+    first, second = pickle.loads(pickle.dumps(fn)), pickle.loads(pickle.dumps(fn))
+    first.setup()
+    second.setup()
+    assert first._classifier is second._classifier

@@ -57,6 +57,9 @@ class ReplayConfig:
     rate: float = 0.0
     num_images: int = 10000
     max_call_seconds: float = 1.0
+    #: a finite replay's batch range is split into this many restrictions,
+    #: which a runner may read in parallel (an endless one stays whole)
+    shards: int = 1
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -64,6 +67,8 @@ class ReplayConfig:
         if self.rate < 0:
             raise ValueError("ReplayConfig: rate must be >= 0 (0 = unlimited), got %r"
                              % self.rate)
+        if self.shards < 1:
+            raise ValueError("ReplayConfig: shards must be >= 1, got %r" % self.shards)
         if self.num_images < 0:
             raise ValueError("ReplayConfig: num_images must be >= 0 (0 = endless), got %r"
                              % self.num_images)
@@ -106,6 +111,18 @@ class _ReplayFn(beam.DoFn, RestrictionProvider):
     def initial_restriction(self, element: float) -> OffsetRange:
         return OffsetRange(0, self._config.num_batches)
 
+    def split(self, element: float, restriction: OffsetRange) -> Iterator[OffsetRange]:
+        """Contiguous shards of a finite replay's batches, for parallel reading.
+
+        Batch ``k`` is still due at ``t0 + k*B/rate``: with a rate the shards
+        take turns; unlimited, they all read at once.
+        """
+        if self._config.endless or self._config.shards == 1:
+            yield restriction
+            return
+        size = max(1, math.ceil(restriction.size() / self._config.shards))
+        yield from restriction.split(size)
+
     def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
         return OffsetRestrictionTracker(restriction)
 
@@ -122,7 +139,12 @@ class _ReplayFn(beam.DoFn, RestrictionProvider):
     def _batch(self, k: int, now: float) -> ImageBatch:
         assert self._data is not None, "setup() not called"
         start, stop = self._config.batch_span(k)
-        rows = np.arange(start, stop, dtype=np.int64) % len(self._data)
+        n = len(self._data)
+        first = start % n
+        if first + (stop - start) <= n:   # no wrap: a view, copied once by the coder
+            rows: Any = slice(first, first + (stop - start))
+        else:
+            rows = np.arange(start, stop, dtype=np.int64) % n
         return ImageBatch(start=start, images=self._data.images[rows],
                           labels=self._data.labels[rows].astype(np.int32),
                           emitted_at=now)
@@ -178,13 +200,13 @@ class ReplayMnist(beam.PTransform):
 
     def __init__(self, images_path: Optional[str] = None, labels_path: Optional[str] = None,
                  batch_size: int = 100, rate: float = 0.0, num_images: int = 10000,
-                 max_call_seconds: float = 0.05) -> None:
+                 max_call_seconds: float = 0.05, shards: int = 1) -> None:
         super().__init__()
         self.config = ReplayConfig(
             images_path=images_path or bundled.test_images_path(),
             labels_path=labels_path or bundled.test_labels_path(),
             batch_size=batch_size, rate=rate, num_images=num_images,
-            max_call_seconds=max_call_seconds)
+            max_call_seconds=max_call_seconds, shards=shards)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         fn_class = _EndlessReplayFn if self.config.endless else _ReplayFn

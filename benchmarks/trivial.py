@@ -80,3 +80,39 @@ def run_trivial(runner: str, num_elements: int, num_workers: int = 0) -> Trivial
                            % (runner, total, num_elements))
     return TrivialRun(runner=runner, num_workers=num_workers, elements=num_elements,
                       wall_s=wall, elements_per_s=num_elements / wall)
+
+
+@dataclass(frozen=True)
+class TrivialThroughput:
+    """Wall-time throughput of the big run, and the steady per-element rate:
+    the slope between a small and a big run, so fixed start-up (reported by
+    the start-up benchmark) cancels out, as for MNIST."""
+
+    runner: str
+    num_workers: int
+    elements: int
+    wall_s: float
+    elements_per_s: float          # elements / wall of the big run
+    small_elements: int
+    small_wall_s: float
+    steady_elements_per_s: float   # (big - small) / (wall_big - wall_small)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_throughput(runner: str, num_elements: int, small_elements: int,
+                   num_workers: int = 0) -> TrivialThroughput:
+    small = run_trivial(runner, small_elements, num_workers) if small_elements else None
+    big = run_trivial(runner, num_elements, num_workers)
+    if small is not None and big.wall_s > small.wall_s:
+        steady = (num_elements - small_elements) / (big.wall_s - small.wall_s)
+    else:
+        if small is not None:
+            _LOG.warning("trivial %s: the big run was not slower than the small one; "
+                         "reporting elements / wall", runner)
+        steady = big.elements_per_s
+    return TrivialThroughput(
+        runner=runner, num_workers=num_workers, elements=num_elements, wall_s=big.wall_s,
+        elements_per_s=big.elements_per_s, small_elements=small_elements,
+        small_wall_s=small.wall_s if small else 0.0, steady_elements_per_s=steady)

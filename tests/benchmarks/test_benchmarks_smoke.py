@@ -48,7 +48,8 @@ def test_smoke_run_writes_expected_json(tmp_path: Path) -> None:
         lat = out["mnist_latency"][runner]
         assert 0 < lat["latency_p50_ms"] <= lat["latency_p99_ms"]
         assert out["trivial"][runner]["elements_per_s"] > 0
-    for mode in ("cold-gpu", "cold-direct", "warm-jobserver"):
+        assert out["trivial"][runner]["steady_elements_per_s"] > 0
+    for mode in ("cold-gpu", "cold-direct", "warm-jobserver", "warm-jobserver-lean-client"):
         assert out["startup"][mode]["median_s"] > 0
     assert out["raw_limit"]["images_per_s"] > 0
     assert set(out["targets"]) == set(run.TARGETS)

@@ -10,6 +10,8 @@ view of the stage's ``BundleContextManager`` so that:
 """
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional
 
@@ -54,20 +56,42 @@ class _AttemptView:
 #: sent and parsed (measured: ~80 ms of a 210 ms, 21 MB MNIST bundle).
 INPUT_MESSAGE_BYTES = 1 << 20
 
+_LOG = logging.getLogger(__name__)
+
 
 class _BundleManager(fn_runner.BundleManager):
-    """Beam's BundleManager, sending input in pieces the worker starts on."""
+    """Beam's BundleManager, streaming input in pieces the worker starts on.
+
+    Beam sends a bundle's input before its ProcessBundle request. In pieces
+    that could deadlock: the worker queues at most 5 pieces per instruction
+    it has not started, its reader then stops, the runner's send buffer
+    (200 MB) fills and the request never goes out (seen with two ~100 MB
+    bundles on one worker). So input over one piece is written by its own
+    thread, and the request goes out at once, as Beam's Java runners do.
+    """
 
     def _send_input_to_worker(self, process_bundle_id: str, read_transform_id: str,
                               byte_streams: Any) -> None:
         assert self._worker_handler is not None
         data_out = self._worker_handler.data_conn.output_stream(
             process_bundle_id, read_transform_id)
-        for byte_stream in (byte_streams or []):
-            data_out.write(byte_stream)   # chunks hold whole elements
+        chunks = list(byte_streams or [])
+        if sum(len(c) for c in chunks) <= INPUT_MESSAGE_BYTES:
+            _write_input(data_out, chunks)   # one message: Beam's way
+            return
+        threading.Thread(target=_write_input, args=(data_out, chunks), daemon=True,
+                         name="input-%s-%s" % (process_bundle_id, read_transform_id)).start()
+
+
+def _write_input(data_out: Any, chunks: list[bytes]) -> None:
+    try:
+        for chunk in chunks:
+            data_out.write(chunk)   # chunks hold whole elements
             if data_out.size() >= INPUT_MESSAGE_BYTES:
                 data_out.flush()
         data_out.close()
+    except Exception:   # the worker went away: its bundle fails on its own
+        _LOG.warning("Sending bundle input failed", exc_info=True)
 
 
 @dataclass

@@ -200,7 +200,7 @@ class ReplayMnist(beam.PTransform):
 
     def __init__(self, images_path: Optional[str] = None, labels_path: Optional[str] = None,
                  batch_size: int = 100, rate: float = 0.0, num_images: int = 10000,
-                 max_call_seconds: float = 0.05, shards: int = 1) -> None:
+                 max_call_seconds: float = 0.1, shards: int = 1) -> None:
         super().__init__()
         self.config = ReplayConfig(
             images_path=images_path or bundled.test_images_path(),

@@ -43,9 +43,14 @@ def has_data(buffer: beam_exec.ListBuffer) -> bool:
     return any(chunk for chunk in buffer)
 
 
+#: Outputs smaller than this go to one consumer bundle: cutting them buys no
+#: parallelism worth a bundle's fixed cost (a round trip, a monitoring report).
+SPLIT_MIN_BYTES = 1 << 20
+
+
 def split_for_consumers(buffer: beam_exec.ListBuffer, parts: int) -> tuple[Payload, ...]:
     """Split one output buffer so consumer bundles can run concurrently."""
-    if parts <= 1:
+    if parts <= 1 or sum(len(chunk) for chunk in buffer) < SPLIT_MIN_BYTES:
         return (buffer,)
     coder_impl = buffer._coder_impl
     out = []

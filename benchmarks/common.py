@@ -8,7 +8,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -61,6 +61,12 @@ def options(runner: str, num_workers: int = 0, extra: Sequence[str] = ()) -> Pip
         args += fake_gpu_args()
     args += list(extra)
     return PipelineOptions(args)
+
+
+def median_run(runs: Sequence[Any], field: str) -> Any:
+    """The run whose ``field`` is the median (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda r: getattr(r, field))
+    return ordered[(len(ordered) - 1) // 2]
 
 
 @dataclass(frozen=True)

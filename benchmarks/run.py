@@ -38,11 +38,13 @@ class Sizes:
     startup_repeats: int
     raw_seconds: float
     scaling: tuple[int, ...]
+    #: throughput runs per runner, interleaved across runners; the median is reported
+    repeats: int = 1
 
 
 MODES = {
     "full": Sizes("full", 1_000_000, 100_000, 150_000, 10_000.0, 1_000_000, 100_000, 5, 3.0,
-                  (1, 2)),
+                  (1, 2), repeats=3),
     "quick": Sizes("quick", 200_000, 20_000, 30_000, 10_000.0, 200_000, 20_000, 3, 1.0, (1, 2)),
     "smoke": Sizes("smoke", 1_000, 0, 1_000, 10_000.0, 1_000, 0, 1, 0.2, (2,)),
 }
@@ -77,17 +79,24 @@ def run_all(sizes: Sizes, progress: common.Progress, batch_size: int = 100
     progress("    raw: %.0f images/s", raw.images_per_s)
     out["raw_limit"] = asdict(raw)
 
-    stream: dict[str, Any] = {}
-    for runner, nw in [("direct", 0)] + [("gpu", n) for n in sorted(sizes.scaling,
-                                                                    reverse=True)]:
-        label = runner if runner == "direct" else "gpu_w%d" % nw
-        progress("2/6 mnist throughput on %s: %d and %d images, unlimited rate ...", label,
-                 sizes.stream_small, sizes.stream_images)
-        r = mnist.run_throughput(runner, sizes.stream_images, sizes.stream_small,
-                                 batch_size, nw)
-        progress("    %s: %.0f images/s steady, start-up %.2f s, wall %.1f s, accuracy %.2f%%",
-                 label, r.steady_images_per_s, r.startup_s, r.wall_s, 100 * r.accuracy)
-        stream[label] = r.as_dict()
+    runs: dict[str, list[Any]] = {}
+    configs = [("direct", 0)] + [("gpu", n) for n in sorted(sizes.scaling, reverse=True)]
+    for rep in range(sizes.repeats):   # interleaved: load spikes hit every runner
+        for runner, nw in configs:
+            label = runner if runner == "direct" else "gpu_w%d" % nw
+            progress("2/6 mnist throughput on %s (run %d/%d): %d and %d images, unlimited "
+                     "rate ...", label, rep + 1, sizes.repeats, sizes.stream_small,
+                     sizes.stream_images)
+            r = mnist.run_throughput(runner, sizes.stream_images, sizes.stream_small,
+                                     batch_size, nw)
+            progress("    %s: %.0f images/s steady, start-up %.2f s, wall %.1f s, "
+                     "accuracy %.2f%%", label, r.steady_images_per_s, r.startup_s, r.wall_s,
+                     100 * r.accuracy)
+            runs.setdefault(label, []).append(r)
+    stream: dict[str, Any] = {
+        label: dict(common.median_run(rs, "steady_images_per_s").as_dict(),
+                    steady_samples=[r.steady_images_per_s for r in rs])
+        for label, rs in runs.items()}
     out["mnist_throughput"] = stream
     gpu_best = stream["gpu_w%d" % workers]["steady_images_per_s"]
     out["mnist_throughput"]["ratio_vs_direct"] = common.ratio(
@@ -100,22 +109,27 @@ def run_all(sizes: Sizes, progress: common.Progress, batch_size: int = 100
     for runner in ("direct", "gpu"):
         progress("3/6 mnist latency on %s: %d images at %.0f images/s ...", runner,
                  sizes.latency_images, sizes.latency_rate)
-        r = mnist.run_stream(runner, sizes.latency_images, sizes.latency_rate, batch_size,
-                             workers if runner == "gpu" else 0)
+        lat = mnist.run_stream(runner, sizes.latency_images, sizes.latency_rate, batch_size,
+                               workers if runner == "gpu" else 0)
         progress("    %s: p50 %.1f ms, p99 %.1f ms (achieved %.0f images/s)", runner,
-                 r.latency_p50_ms, r.latency_p99_ms, r.achieved_rate)
-        latency[runner] = r.as_dict()
+                 lat.latency_p50_ms, lat.latency_p99_ms, lat.achieved_rate)
+        latency[runner] = lat.as_dict()
     out["mnist_latency"] = latency
 
-    triv: dict[str, Any] = {}
-    for runner in ("direct", "gpu"):
-        progress("4/6 trivial pipeline on %s: %d elements ...", runner,
-                 sizes.trivial_elements)
-        t = trivial.run_throughput(runner, sizes.trivial_elements, sizes.trivial_small,
-                                   workers if runner == "gpu" else 0)
-        progress("    %s: %.0f elements/s steady, %.0f over the wall time (%.2f s)", runner,
-                 t.steady_elements_per_s, t.elements_per_s, t.wall_s)
-        triv[runner] = t.as_dict()
+    triv_runs: dict[str, list[Any]] = {}
+    for rep in range(sizes.repeats):
+        for runner in ("direct", "gpu"):
+            progress("4/6 trivial pipeline on %s (run %d/%d): %d elements ...", runner,
+                     rep + 1, sizes.repeats, sizes.trivial_elements)
+            t = trivial.run_throughput(runner, sizes.trivial_elements, sizes.trivial_small,
+                                       workers if runner == "gpu" else 0)
+            progress("    %s: %.0f elements/s steady, %.0f over the wall time (%.2f s)",
+                     runner, t.steady_elements_per_s, t.elements_per_s, t.wall_s)
+            triv_runs.setdefault(runner, []).append(t)
+    triv: dict[str, Any] = {
+        runner: dict(common.median_run(ts, "steady_elements_per_s").as_dict(),
+                     steady_samples=[t.steady_elements_per_s for t in ts])
+        for runner, ts in triv_runs.items()}
     triv["ratio_vs_direct"] = common.ratio(triv["gpu"]["steady_elements_per_s"],
                                            triv["direct"]["steady_elements_per_s"])
     triv["wall_ratio_vs_direct"] = common.ratio(triv["gpu"]["elements_per_s"],

@@ -57,11 +57,9 @@ def test_workers_start_lazily_and_are_reused_per_thread():
         w.worker_id for w in factory.started)
 
 
-def test_concurrency_is_bounded_by_the_pool_size():
-    factory = TestingWorkerFactory()
-    pool = WorkerPool(KEY, 2, factory)
-    running = []
-    peak = []
+def _peak_concurrency(pool: WorkerPool, tasks: int) -> tuple[int, set]:
+    running: list[str] = []
+    peak: list[int] = []
     lock = threading.Lock()
 
     def work(worker):
@@ -73,9 +71,15 @@ def test_concurrency_is_bounded_by_the_pool_size():
             running.remove(worker.worker_id)
         return worker.worker_id
 
-    used = {f.result() for f in [pool.submit(work) for _ in range(8)]}
+    used = {f.result() for f in [pool.submit(work) for _ in range(tasks)]}
+    return max(peak), used
+
+
+def test_concurrency_is_bounded_by_the_pool_size():
+    pool = WorkerPool(KEY, 2, TestingWorkerFactory())
+    peak, used = _peak_concurrency(pool, 8)
     pool.close()
-    assert max(peak) == 2 and len(used) == 2
+    assert peak == 2 and len(used) == 2
 
 
 def test_lost_worker_is_replaced_and_stopped():
@@ -126,24 +130,6 @@ def test_prestart_failure_is_reported_at_once_and_retried_later():
     assert errors == ["cannot start worker"]
     assert pool.submit(lambda w: w.worker_id).result().startswith("fake-")
     pool.close()
-
-
-def _peak_concurrency(pool: WorkerPool, tasks: int) -> tuple[int, set]:
-    running: list[str] = []
-    peak: list[int] = []
-    lock = threading.Lock()
-
-    def work(worker):
-        with lock:
-            running.append(worker.worker_id)
-            peak.append(len(running))
-        time.sleep(0.05)
-        with lock:
-            running.remove(worker.worker_id)
-        return worker.worker_id
-
-    used = {f.result() for f in [pool.submit(work) for _ in range(tasks)]}
-    return max(peak), used
 
 
 def test_bundles_per_worker_run_concurrently_on_one_worker():

@@ -10,7 +10,8 @@ Runs on the bundled test set and model by default. Per-window progress lines
 predictions go to stdout (``--output=-``) or to one CSV file per bundle in a
 folder. Arguments absl does not know are handed to Beam's PipelineOptions.
 
-The classification stage carries the resource hint ``accelerator=<--accelerator>``.
+The classification stage carries the resource hints ``accelerator=<--accelerator>``
+and ``max_active_bundles_per_worker=2``.
 The default ``type:nvidia;count:1`` says "one GPU, any NVIDIA model": the type
 names the vendor and no model, in Beam's ``type:nvidia-<model>`` spelling
 (``type:nvidia-h100;count:1`` would pin the model; GpuRunner matches the
@@ -43,6 +44,7 @@ from beam_gpu_runner.transforms.window_stats import WindowedStats
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_ACCELERATOR = "type:nvidia;count:1"
+CLASSIFY_BUNDLES_PER_WORKER = 2
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,12 @@ def build(pipeline: beam.Pipeline, config: StreamingConfig) -> beam.PCollection:
     """Add the streaming graph to ``pipeline``; returns the per-window stats."""
     classify: beam.PTransform = beam.ParDo(ClassifyMnist(config.model_path, config.batch_size))
     if config.accelerator:
-        classify = classify.with_resource_hints(accelerator=config.accelerator)
+        # ClassifyMnist shares one model per worker (Beam's shared.Shared), so
+        # a GPU worker may run two bundles at once: it receives the next
+        # batches while it classifies (GpuRunner's GPU default is one).
+        classify = classify.with_resource_hints(
+            accelerator=config.accelerator,
+            max_active_bundles_per_worker=str(CLASSIFY_BUNDLES_PER_WORKER))
     predictions = (
         pipeline
         | "Replay" >> ReplayMnist(config.images_path, config.labels_path,

@@ -91,16 +91,21 @@ def gpu_pool_sizes(keys: Sequence[PoolKey], devices: Any, num_workers: int
 
 
 #: Bundles per worker when neither the stage's max_active_bundles_per_worker
-#: hint nor --number_of_worker_harness_threads says: two, so a worker
-#: receives (and a GPU worker copies in) the next bundle's input while it
-#: computes the current one. Measured on MNIST (2 cores, BUILD_NOTES.md).
+#: hint nor --number_of_worker_harness_threads says: two for CPU workers, so a
+#: worker receives the next bundle's input while it computes the current one
+#: (measured on MNIST, BUILD_NOTES.md); one for GPU workers, because Beam
+#: builds a DoFn instance per concurrent bundle and a DoFn that loads its
+#: model in setup() would hold it on the device twice. A GPU DoFn that shares
+#: its model (apache_beam.utils.shared, as ClassifyMnist does) opts in with
+#: the hint.
 DEFAULT_BUNDLES_PER_WORKER = 2
+DEFAULT_BUNDLES_PER_GPU_WORKER = 1
 
 
 def bundles_per_worker(req: StageRequirements, harness_threads: Optional[int]) -> int:
     """The stage's hint first, then Beam's --number_of_worker_harness_threads."""
-    return (req.max_active_bundles_per_worker or harness_threads
-            or DEFAULT_BUNDLES_PER_WORKER)
+    default = DEFAULT_BUNDLES_PER_GPU_WORKER if req.needs_gpu else DEFAULT_BUNDLES_PER_WORKER
+    return req.max_active_bundles_per_worker or harness_threads or default
 
 
 def plan_pools(stages: Sequence[translations.Stage],

@@ -9,26 +9,16 @@ from __future__ import annotations
 
 from beam_gpu_runner.engine.element_manager import ElementManager
 from beam_gpu_runner.engine.events import (
-    BundleSucceeded, Drain, JobFinished, RunBundle, Tick, TimerUpdate, WindowedPayload)
+    BundleSucceeded, Drain, JobFinished, Tick, TimerUpdate, WindowedPayload)
 from beam_gpu_runner.engine.graph import (
     InputKind, InputSpec, StageGraph, StageSpec, TimerFamily)
 from beam_gpu_runner.engine.test_stream import (
     AdvanceWatermark, EmitElements, TestStreamScript)
 from beam_gpu_runner.engine.timestamps import MAX_TIMESTAMP
 
+from .fakes import TestingClock, runs
+
 SECOND = 1_000_000
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def runs(instructions):
-    return [i.bundle for i in instructions if isinstance(i, RunBundle)]
 
 
 def source_graph(proc_timers=(TimerFamily("event"), TimerFamily("proc", processing_time=True))):
@@ -42,7 +32,7 @@ def source_graph(proc_timers=(TimerFamily("event"), TimerFamily("proc", processi
 
 
 def started(graph=None):
-    clock = FakeClock()
+    clock = TestingClock()
     em = ElementManager(graph or source_graph(), clock)
     em.add_initial("Src", {"read": ("restriction",)})
     [src] = runs(em.start())
@@ -150,7 +140,7 @@ def test_a_processing_timer_that_re_arms_itself_does_not_keep_a_drained_job_aliv
 
 def test_draining_a_test_stream_drops_its_remaining_events():
     graph = StageGraph.of([StageSpec("Sink", (InputSpec("in_ts", "ts", InputKind.STREAM),))])
-    em = ElementManager(graph, FakeClock())
+    em = ElementManager(graph, TestingClock())
     em.add_test_stream(TestStreamScript(["ts"], [
         EmitElements("ts", "e1"), AdvanceWatermark(10), EmitElements("ts", "e2")]))
     [e1] = runs(em.start())

@@ -5,21 +5,13 @@ import pytest
 
 from beam_gpu_runner.engine.element_manager import ElementManager
 from beam_gpu_runner.engine.events import (
-    BundleFailed, BundleSucceeded, JobFailed, JobFinished, RunBundle, Tick, TimerUpdate,
+    BundleFailed, BundleSucceeded, JobFailed, JobFinished, Tick, TimerUpdate,
     WindowedPayload)
 from beam_gpu_runner.engine.graph import (
     GraphError, InputKind, InputSpec, StageGraph, StageSpec, TimerFamily)
 from beam_gpu_runner.engine.timestamps import MAX_TIMESTAMP, MIN_TIMESTAMP
 
-
-class TestingClock:
-    __test__ = False
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from .fakes import TestingClock, runs
 
 
 def stage(name, inputs=(), outputs=(), side_inputs=(), timers=(), stateful=False):
@@ -38,10 +30,6 @@ def stream(buf, t=None):
 
 def barrier(buf, t=None):
     return InputSpec(t or "in_" + buf, buf, InputKind.BARRIER)
-
-
-def runs(instructions):
-    return [i.bundle for i in instructions if isinstance(i, RunBundle)]
 
 
 def make(stages, **kw):

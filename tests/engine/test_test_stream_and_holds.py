@@ -6,24 +6,14 @@ import pytest
 
 from beam_gpu_runner.engine.element_manager import ElementManager
 from beam_gpu_runner.engine.events import (
-    BundleSucceeded, JobFinished, RunBundle, Tick, TimerUpdate)
+    BundleSucceeded, JobFinished, Tick, TimerUpdate)
 from beam_gpu_runner.engine.graph import (
     InputKind, InputSpec, StageGraph, StageSpec, TimerFamily)
 from beam_gpu_runner.engine.test_stream import (
     AdvanceProcessingTime, AdvanceWatermark, EmitElements, TestStreamScript)
 from beam_gpu_runner.engine.timestamps import MAX_TIMESTAMP, MIN_TIMESTAMP
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def runs(instructions):
-    return [i.bundle for i in instructions if isinstance(i, RunBundle)]
+from .fakes import TestingClock, runs
 
 
 def ts_graph(**grouping_kw):
@@ -38,7 +28,7 @@ def ts_graph(**grouping_kw):
 
 
 def make(script, graph=None):
-    clock = FakeClock()
+    clock = TestingClock()
     em = ElementManager(graph or ts_graph(), clock)
     em.add_test_stream(script)
     return em, clock
@@ -124,7 +114,7 @@ def test_a_second_test_stream_or_a_produced_buffer_is_refused():
     em, _ = make(TestStreamScript(["ts"], []))
     with pytest.raises(ValueError, match="at most one TestStream"):
         em.add_test_stream(TestStreamScript(["other"], []))
-    em2 = ElementManager(ts_graph(), FakeClock())
+    em2 = ElementManager(ts_graph(), TestingClock())
     with pytest.raises(ValueError, match="already has producers"):
         em2.add_test_stream(TestStreamScript(["g"], []))
 
@@ -142,7 +132,7 @@ def test_script_refuses_a_receding_watermark_and_unknown_buffers():
 
 
 def test_watermark_propagates_through_stages_with_residual_holds():
-    clock = FakeClock()
+    clock = TestingClock()
     em = ElementManager(StageGraph.of([
         StageSpec("Src", (InputSpec("read", "impulse", InputKind.IMPULSE),), ("a",)),
         StageSpec("Map", (InputSpec("in_a", "a", InputKind.STREAM),), ("b",)),

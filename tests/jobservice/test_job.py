@@ -25,6 +25,29 @@ def states(job: Job) -> list[int]:
     return [e.state for e in job.state_history()]
 
 
+def running(result: FakeResult) -> Job:
+    """A job whose thread has the result (RUNNING)."""
+    job = new_job()
+    job.start(lambda: result)
+    for event in job.state_stream():
+        if event.state == JobState.RUNNING:
+            break
+    return job
+
+
+def started_behind_gate(result: FakeResult) -> tuple[Job, threading.Event]:
+    """A started job whose executor hands over ``result`` when the gate opens."""
+    job = new_job()
+    gate = threading.Event()
+
+    def launch() -> FakeResult:
+        gate.wait()
+        return result
+
+    job.start(launch)
+    return job, gate
+
+
 def test_new_job_is_stopped() -> None:
     job = new_job()
     assert job.state == JobState.STOPPED
@@ -69,13 +92,8 @@ def test_launch_failure_fails_job() -> None:
 
 
 def test_cancel_running_job() -> None:
-    job = new_job()
     result = FakeResult()
-    job.start(lambda: result)
-    # Wait until the job thread has the result (RUNNING) before cancelling.
-    for event in job.state_stream():
-        if event.state == JobState.RUNNING:
-            break
+    job = running(result)
     assert job.cancel() in (JobState.CANCELLING, JobState.CANCELLED)
     job.wait_until_terminal()
     assert states(job)[-2:] == [JobState.CANCELLING, JobState.CANCELLED]
@@ -83,29 +101,13 @@ def test_cancel_running_job() -> None:
 
 
 def test_cancel_before_result_exists_cancels_result_when_it_arrives() -> None:
-    job = new_job()
     result = FakeResult()
-    gate = threading.Event()
-
-    def launch() -> FakeResult:
-        gate.wait()
-        return result
-
-    job.start(launch)
+    job, gate = started_behind_gate(result)
     assert job.cancel() == JobState.CANCELLING
     gate.set()
     job.wait_until_terminal()
     assert job.state == JobState.CANCELLED
     assert result.cancel_calls == 1
-
-
-def running(result: FakeResult) -> Job:
-    job = new_job()
-    job.start(lambda: result)
-    for event in job.state_stream():
-        if event.state == JobState.RUNNING:
-            break
-    return job
 
 
 def test_drain_running_job_ends_drained() -> None:
@@ -129,15 +131,8 @@ def test_a_drained_job_whose_executor_says_done_ends_drained() -> None:
 
 
 def test_drain_before_result_exists_drains_result_when_it_arrives() -> None:
-    job = new_job()
     result = FakeResult()
-    gate = threading.Event()
-
-    def launch() -> FakeResult:
-        gate.wait()
-        return result
-
-    job.start(launch)
+    job, gate = started_behind_gate(result)
     assert job.drain() == JobState.STARTING
     gate.set()
     for event in job.state_stream():

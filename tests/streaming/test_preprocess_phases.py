@@ -48,15 +48,20 @@ def test_streaming_combiners_that_combine_timestamps_are_not_lifted(combiner, li
     assert (precombine in _urns(stages)) is lifted
 
 
+def _test_stream_output_coder_urns(p: beam.Pipeline) -> list:
+    """Coder urns of the TestStream's output channel after fusion."""
+    context, _ = fuse(p.to_runner_api())
+    [stream] = ts_phase.test_streams(context.components).values()
+    [pcoll] = stream.outputs.values()
+    return _coder_urns(context.components, context.data_channel_coders[pcoll])
+
+
 def test_windowed_test_stream_elements_travel_with_an_interval_window_coder():
     held = beam_ts.WindowedValueHolder(WindowedValue(
         "a", Timestamp(5), [window.IntervalWindow(5, 10)]))
     p = beam.Pipeline(options=PipelineOptions(streaming=True))
     _ = p | beam_ts.TestStream().add_elements([held]) | beam.Map(str)
-    context, _ = fuse(p.to_runner_api())
-    [stream] = ts_phase.test_streams(context.components).values()
-    [pcoll] = stream.outputs.values()
-    urns = _coder_urns(context.components, context.data_channel_coders[pcoll])
+    urns = _test_stream_output_coder_urns(p)
     assert common_urns.coders.INTERVAL_WINDOW.urn in urns
     assert common_urns.coders.GLOBAL_WINDOW.urn not in urns
 
@@ -64,10 +69,7 @@ def test_windowed_test_stream_elements_travel_with_an_interval_window_coder():
 def test_plain_test_stream_elements_keep_the_global_window_coder():
     p = beam.Pipeline(options=PipelineOptions(streaming=True))
     _ = p | beam_ts.TestStream().add_elements(["a"]) | beam.Map(str)
-    context, _ = fuse(p.to_runner_api())
-    [stream] = ts_phase.test_streams(context.components).values()
-    [pcoll] = stream.outputs.values()
-    urns = _coder_urns(context.components, context.data_channel_coders[pcoll])
+    urns = _test_stream_output_coder_urns(p)
     assert common_urns.coders.GLOBAL_WINDOW.urn in urns
     assert common_urns.coders.INTERVAL_WINDOW.urn not in urns
 

@@ -14,6 +14,7 @@ from typing import Iterable, Iterator
 
 from apache_beam.coders import coders
 from apache_beam.metrics import monitoring_infos as mi
+from apache_beam.metrics.cells import BoundedTrieData
 from apache_beam.portability.api import metrics_pb2
 
 _STRINGS = coders.IterableCoder(coders.StrUtf8Coder())
@@ -24,8 +25,8 @@ def _union_strings(a: bytes, b: bytes) -> bytes:
 
 
 def _combine_tries(a: bytes, b: bytes) -> bytes:
-    merged = mi.BoundedTrieData.from_proto(metrics_pb2.BoundedTrie.FromString(a)).combine(
-        mi.BoundedTrieData.from_proto(metrics_pb2.BoundedTrie.FromString(b)))
+    merged = BoundedTrieData.from_proto(metrics_pb2.BoundedTrie.FromString(a)).combine(
+        BoundedTrieData.from_proto(metrics_pb2.BoundedTrie.FromString(b)))
     return merged.to_proto().SerializeToString()
 
 

@@ -172,6 +172,12 @@ class WorkerPool:
         except Exception:
             _LOG.warning("Stopping lost worker %s failed", worker.worker_id, exc_info=True)
 
+    def _stop(self, worker: beam_wh.WorkerHandler) -> None:
+        try:
+            self._factory.stop(worker)
+        except Exception:
+            _LOG.warning("Stopping worker %s failed", worker.worker_id, exc_info=True)
+
     def workers(self) -> list[beam_wh.WorkerHandler]:
         with self._lock:
             return [s.worker for s in self._slots if s.worker is not None]
@@ -183,11 +189,14 @@ class WorkerPool:
         abort_starts = getattr(self._factory, "abort_starts", None)
         if abort_starts is not None:
             abort_starts()   # do not wait for workers still connecting
-        for worker in self.workers():
-            try:
-                self._factory.stop(worker)
-            except Exception:
-                _LOG.warning("Stopping worker %s failed", worker.worker_id, exc_info=True)
+        # All at once: an idle harness takes ~0.2 s to exit after its goodbye.
+        stoppers = [threading.Thread(target=self._stop, args=(worker,), daemon=True,
+                                     name="stop-%s" % worker.worker_id)
+                    for worker in self.workers()]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
         self._executor.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for slot in self._slots:

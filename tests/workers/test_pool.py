@@ -177,3 +177,23 @@ def test_an_idle_started_worker_is_used_before_another_starts():
     pool.close()
     # One bundle at a time: the prestarted worker takes them all.
     assert ids == ["fake-0"] * 5 and len(factory.started) == 1
+
+
+def test_close_stops_the_workers_at_the_same_time():
+    # An idle harness takes ~0.2 s to exit after its goodbye; stopped one
+    # after the other, a pool's workers made every job end that much later.
+    arrived = threading.Barrier(2, timeout=5)
+
+    class WaitingFactory(TestingWorkerFactory):
+        def stop(self, handler):
+            arrived.wait()   # breaks (and the stop fails) if stops are serial
+            super().stop(handler)
+
+    factory = WaitingFactory()
+    pool = WorkerPool(KEY, 2, factory)
+    pool.prestart(2)
+    while len(pool.workers()) < 2:
+        time.sleep(0.01)
+    pool.close()
+    assert not arrived.broken
+    assert sorted(w.worker_id for w in factory.stopped) == ["fake-0", "fake-1"]

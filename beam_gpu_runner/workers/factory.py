@@ -26,7 +26,7 @@ import time
 from typing import Any, Mapping, Optional, Protocol
 
 from apache_beam.portability import common_urns, python_urns
-from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.portability.api import beam_fn_api_pb2, beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import worker_handlers as beam_wh
 
 from beam_gpu_runner.placement.api import Placement
@@ -65,6 +65,28 @@ class WorkerStoppedError(RuntimeError):
     def __str__(self) -> str:
         return ("worker %s was stopped (job cancelled or ended) while a bundle "
                 "was running on it" % self.worker_id)
+
+
+def refuse_requests(control: Any, error: Exception) -> None:
+    """Fail what waits on a stopped worker's control connection, and every
+    request sent to it from now on.
+
+    A pool thread may have taken the worker just before the stop and send
+    its ProcessBundle request just after it; Beam's ``ControlConnection``
+    would queue it and its future would wait forever (seen as a cancelled
+    job whose pool never shut down).
+    """
+    push = control.push
+
+    def refused(req: Any) -> Any:
+        if not isinstance(req, beam_fn_api_pb2.InstructionRequest):
+            return push(req)   # the goodbye marker still goes out
+        future = beam_wh.ControlFuture(req.instruction_id or "refused")
+        future.abort(error)
+        return future
+
+    control.push = refused
+    control.abort(error)
 
 
 def runs_in_client(environment: beam_runner_api_pb2.Environment) -> bool:
@@ -240,7 +262,7 @@ class ProcessWorkerFactory:
             # pool's shutdown forever.
             control = getattr(handler, "control_conn", None)
             if control is not None:
-                control.abort(WorkerStoppedError(handler.worker_id))
+                refuse_requests(control, WorkerStoppedError(handler.worker_id))
             handler.close()
         finally:
             self._registry.remove(handler)

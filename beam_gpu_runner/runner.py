@@ -21,6 +21,7 @@ from apache_beam.transforms import environments
 from beam_gpu_runner.execution.job import Job, JobPlan
 from beam_gpu_runner.execution.result import GpuPipelineResult
 from beam_gpu_runner.options import GpuRunnerOptions, num_workers
+from beam_gpu_runner.placement import harness
 from beam_gpu_runner.placement.api import Placement
 from beam_gpu_runner.preprocess.fusion import fuse
 from beam_gpu_runner.preprocess.requirements import check_requirements
@@ -34,7 +35,7 @@ _LOG = logging.getLogger(__name__)
 def worker_environment() -> environments.Environment:
     """Our workers: Beam's SDK harness under this very interpreter."""
     return environments.SubprocessSDKEnvironment.from_command_string(
-        "%s -m apache_beam.runners.worker.sdk_worker_main" % sys.executable)
+        "%s -m %s" % (sys.executable, harness.MODULE))
 
 
 def portable_options(options: pipeline_options.PipelineOptions) -> dict[str, Any]:

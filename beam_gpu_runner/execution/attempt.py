@@ -6,7 +6,8 @@ view of the stage's ``BundleContextManager`` so that:
 
 * the bundle runs on the worker we chose (not Beam's round robin), and
 * its outputs and timers land in buffers private to this attempt, so a failed
-  attempt leaves nothing behind and a retry produces each output once.
+  attempt leaves nothing behind and a retry produces each output once;
+* GroupByKey input it writes can be grouped as it arrives (``arriving``).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.fn_api_runner import translations
 from apache_beam.runners.portability.fn_api_runner import worker_handlers as beam_wh
 
+from beam_gpu_runner.execution.arriving import GroupsFactory, OutputBuffer
+
 TimerKey = tuple[str, str]   # (transform id, timer family id)
 
 
@@ -28,16 +31,18 @@ class _AttemptView:
     """A BundleContextManager that routes one attempt's worker and buffers."""
 
     def __init__(self, real: beam_exec.BundleContextManager,
-                 worker: beam_wh.WorkerHandler) -> None:
+                 worker: beam_wh.WorkerHandler,
+                 grouped: Mapping[bytes, GroupsFactory]) -> None:
         self._real = real
+        self._grouped = grouped
         self.worker_handlers = [worker]
-        self.outputs: dict[bytes, beam_exec.ListBuffer] = {}
+        self.outputs: dict[bytes, OutputBuffer] = {}
         self.timer_outputs: dict[bytes, beam_exec.ListBuffer] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
 
-    def get_buffer(self, buffer_id: bytes, transform_id: str) -> beam_exec.ListBuffer:
+    def get_buffer(self, buffer_id: bytes, transform_id: str) -> OutputBuffer:
         kind, name = translations.split_buffer_id(buffer_id)
         if kind == "timers":
             if buffer_id not in self.timer_outputs:
@@ -45,8 +50,9 @@ class _AttemptView:
                     self._real.get_timer_coder_impl(transform_id, name))
             return self.timer_outputs[buffer_id]
         if buffer_id not in self.outputs:
-            self.outputs[buffer_id] = beam_exec.ListBuffer(
-                self._real.get_input_coder_impl(transform_id))
+            grouped = self._grouped.get(buffer_id)
+            self.outputs[buffer_id] = grouped() if grouped is not None else (
+                beam_exec.ListBuffer(self._real.get_input_coder_impl(transform_id)))
         return self.outputs[buffer_id]
 
 
@@ -98,8 +104,9 @@ def _write_input(data_out: Any, chunks: list[bytes]) -> None:
 class AttemptResult:
     response: beam_fn_api_pb2.InstructionResponse
     splits: list[beam_fn_api_pb2.ProcessBundleSplitResponse]
-    #: data-output buffer id -> what this attempt wrote
-    outputs: Mapping[bytes, beam_exec.ListBuffer]
+    #: data-output buffer id -> what this attempt wrote (a ListBuffer, or
+    #: ArrivingGroups for a GroupByKey input grouped as it arrived)
+    outputs: Mapping[bytes, OutputBuffer]
     #: timer buffer id -> timers this attempt wrote
     timer_outputs: Mapping[bytes, beam_exec.ListBuffer]
     view: Any = field(repr=False, default=None)
@@ -112,8 +119,11 @@ def run_attempt(
     fired_timers: Mapping[TimerKey, beam_exec.PartitionableBuffer],
     cache_tokens: Iterator[beam_fn_api_pb2.ProcessBundleRequest.CacheToken],
     progress_frequency: Optional[float] = None,
+    grouped: Optional[Mapping[bytes, GroupsFactory]] = None,
 ) -> AttemptResult:
-    view = _AttemptView(stage_context, worker)
+    """``grouped``: output buffer ids whose data is grouped as it arrives
+    (``arriving.ArrivingGroups``); other outputs are collected as chunks."""
+    view = _AttemptView(stage_context, worker, grouped or {})
     manager = _BundleManager(
         view,  # type: ignore[arg-type]
         progress_frequency,

@@ -24,6 +24,7 @@ from beam_gpu_runner.engine.events import (
     Bundle, BundleFailed, BundleSucceeded, Drain, Event, Instruction, JobFailed,
     JobFinished, RunBundle, Tick)
 from beam_gpu_runner.engine.graph import InputKind, StageGraph
+from beam_gpu_runner.execution.arriving import ArrivingGroups, GroupsFactory, groups_factory
 from beam_gpu_runner.execution.attempt import AttemptResult, run_attempt
 from beam_gpu_runner.execution.errors import (
     JobCancelledError, JobFailedError, JobNotDrainableError)
@@ -113,6 +114,8 @@ class Job:
         self._context: Optional[beam_exec.FnApiRunnerExecutionContext] = None
         #: stage -> its truncating variant for draining (None: it has none)
         self._drain_contexts: dict[str, Optional[beam_exec.BundleContextManager]] = {}
+        #: stage -> its GroupByKey outputs grouped as they arrive (batch only)
+        self._grouped: dict[str, dict[bytes, GroupsFactory]] = {}
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -215,6 +218,8 @@ class Job:
                 lambda: self._factory.start(utility_key), self._factory.stop)
             collector = ResultCollector(context, self._split_parts(graph),
                                         cut_by_window=not streaming)
+            if not streaming:
+                self._grouped = self._grouped_outputs(context, stage_contexts)
             engine = ElementManager(graph, self._clock, self._max_attempts)
             self._engine = engine
             for group in groups:
@@ -312,12 +317,14 @@ class Job:
                    pool.key.describe())
 
         pieces = split_grouped(graph.stage(bundle.stage), inputs, pool.size)
+        grouped = self._grouped.get(bundle.stage, {})
 
         def attempt(piece: Mapping[str, beam_exec.PartitionableBuffer]
                     ) -> Callable[[beam_wh.WorkerHandler], _Outcome]:
             def run(worker: beam_wh.WorkerHandler) -> _Outcome:
                 try:
-                    result = run_attempt(bcm, worker, piece, timers, tokens)
+                    result = run_attempt(bcm, worker, piece, timers, tokens,
+                                         grouped=grouped)
                     return _Outcome(bundle, result=result, inputs=inputs)
                 except BaseException as exc:  # classified on the driver thread
                     return _Outcome(bundle, inputs=inputs, error=exc,
@@ -406,6 +413,9 @@ class Job:
                 # get_buffer caches it in the shared context; this one is ours.
                 bcm.execution_context.pcoll_buffers.pop(buffer_id, None)
                 for payload in payloads:
+                    if isinstance(payload, ArrivingGroups):
+                        grouping.extend(payload)   # grouped on arrival
+                        continue
                     for chunk in payload:
                         grouping.append(chunk)
                 inputs[transform] = grouping
@@ -428,6 +438,25 @@ class Job:
                 merged.append(payload)
             timers[(transform_id, family)] = merged
         return timers
+
+    @staticmethod
+    def _grouped_outputs(context: beam_exec.FnApiRunnerExecutionContext,
+                         stage_contexts: Mapping[str, beam_exec.BundleContextManager]
+                         ) -> dict[str, dict[bytes, GroupsFactory]]:
+        """Per stage, the GroupByKey inputs it writes that are grouped as they
+        arrive (``execution.arriving``): those that go to their consumer whole."""
+        factories: dict[bytes, Optional[GroupsFactory]] = {}
+        grouped: dict[str, dict[bytes, GroupsFactory]] = {}
+        for stage_name, bcm in stage_contexts.items():
+            for buffer_id in set(bcm.stage_data_outputs.values()):
+                if not buffer_id.startswith(b"group:"):
+                    continue
+                if buffer_id not in factories:
+                    factories[buffer_id] = groups_factory(context, buffer_id)
+                factory = factories[buffer_id]
+                if factory is not None:
+                    grouped.setdefault(stage_name, {})[buffer_id] = factory
+        return grouped
 
     def _split_parts(self, graph: StageGraph) -> dict[str, int]:
         """Cut stream outputs into as many pieces as the consumer pool has workers."""
@@ -467,6 +496,7 @@ class Job:
         # buffers and Beam's merging-window handles (a leak per job otherwise).
         self._context = None
         self._drain_contexts.clear()
+        self._grouped.clear()
         self._groupings.clear()
         self._timings.clear()
 

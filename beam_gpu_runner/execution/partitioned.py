@@ -11,12 +11,13 @@ on each group alone. FnApiRunner does the same with ``direct_num_workers``.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, TypeVar
 
 from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.portability.fn_api_runner import execution as beam_exec
 
 from beam_gpu_runner.engine.graph import StageSpec
+from beam_gpu_runner.execution.arriving import ArrivingGroups, OutputBuffer
 from beam_gpu_runner.execution.attempt import AttemptResult
 
 Inputs = Mapping[str, beam_exec.PartitionableBuffer]
@@ -42,14 +43,23 @@ def split_grouped(spec: StageSpec, inputs: Inputs, parts: int
     return pieces if len(pieces) > 1 else whole
 
 
-def _merged_buffers(maps: Sequence[Mapping[bytes, beam_exec.ListBuffer]]
-                    ) -> dict[bytes, beam_exec.ListBuffer]:
-    merged: dict[bytes, beam_exec.ListBuffer] = {}
+B = TypeVar("B", beam_exec.ListBuffer, OutputBuffer)
+
+
+def _merged_buffers(maps: Sequence[Mapping[bytes, B]]) -> dict[bytes, B]:
+    merged: dict[bytes, B] = {}
     for buffers in maps:
         for buffer_id, buffer in buffers.items():
             out = merged.get(buffer_id)
+            if isinstance(buffer, ArrivingGroups):
+                if out is None:
+                    out = merged[buffer_id] = buffer.empty_like()
+                assert isinstance(out, ArrivingGroups)
+                out.merge(buffer)
+                continue
             if out is None:
                 out = merged[buffer_id] = beam_exec.ListBuffer(buffer._coder_impl)
+            assert isinstance(out, beam_exec.ListBuffer)
             for chunk in buffer:
                 out.append(chunk)
     return merged

@@ -10,8 +10,6 @@ import time
 from typing import Any, Mapping, Optional
 
 from apache_beam.coders.coder_impl import create_OutputStream
-from apache_beam.portability import common_urns
-from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import translations
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -21,6 +19,8 @@ from apache_beam.runners.portability.fn_api_runner import fn_runner
 from beam_gpu_runner.engine.events import (
     BundleSucceeded, Payload, TimerUpdate, WindowedPayload)
 from beam_gpu_runner.engine.timestamps import MIN_TIMESTAMP, Micros
+from beam_gpu_runner.execution.arriving import (
+    ArrivingGroups, OutputBuffer, has_groups, released_by_window)
 from beam_gpu_runner.execution.attempt import AttemptResult
 from beam_gpu_runner.preprocess.stage_graph import buffer_name, timer_family_key
 
@@ -39,7 +39,9 @@ class ResidualBuffer(beam_exec.ListBuffer):
         return out
 
 
-def has_data(buffer: beam_exec.ListBuffer) -> bool:
+def has_data(buffer: OutputBuffer) -> bool:
+    if isinstance(buffer, ArrivingGroups):
+        return has_groups(buffer)
     return any(chunk for chunk in buffer)
 
 
@@ -152,8 +154,11 @@ class ResultCollector:
             buffer = result.outputs.get(buffer_id)
             if buffer is None or not has_data(buffer):
                 continue
-            self._commit_side_inputs(stage_name, buffer_id, buffer)
             name = buffer_name(buffer_id)
+            if isinstance(buffer, ArrivingGroups):
+                produced[name] = (buffer,)   # grouped already, goes whole
+                continue
+            self._commit_side_inputs(stage_name, buffer_id, buffer)
             if buffer_id.startswith(b"group:") and self._cut_by_window:
                 produced[name] = self._by_window(buffer_id, buffer)
             else:
@@ -198,9 +203,7 @@ class ResultCollector:
             input_pcoll = next(iter(transform.inputs.values()))
             strategy = context.pipeline_components.windowing_strategies[
                 context.pipeline_components.pcollections[input_pcoll].windowing_strategy_id]
-            splittable = (
-                strategy.merge_status == beam_runner_api_pb2.MergeStatus.NON_MERGING
-                and strategy.window_fn.urn != common_urns.global_windows.urn)
+            splittable = released_by_window(strategy)
             coder = context.pipeline_context.coders[context.safe_coders[
                 context.data_channel_coders[input_pcoll]]]
             self._window_coders[buffer_id] = coder.get_impl() if splittable else None

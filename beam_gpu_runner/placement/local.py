@@ -14,13 +14,15 @@ from google.protobuf import text_format
 
 from apache_beam.portability.api import endpoints_pb2
 
+from beam_gpu_runner.placement import harness
 from beam_gpu_runner.placement.api import WorkerLaunch
 from beam_gpu_runner.placement.process_info import describe_returncode, read_log_tail
 
 _LOG = logging.getLogger(__name__)
 
-#: Beam's unchanged SDK harness, run with the runner's own interpreter.
-HARNESS_MODULE = "apache_beam.runners.worker.sdk_worker_main"
+#: Beam's SDK harness (with ~1 MB output messages), run with the runner's
+#: own interpreter.
+HARNESS_MODULE = harness.MODULE
 
 
 def harness_env(launch: WorkerLaunch, base: Optional[dict[str, str]] = None) -> dict[str, str]:

@@ -8,7 +8,7 @@ reference, so every node needs ``beam_gpu_runner`` installed.
 The actor reads the GPU ids Ray assigned to it (``ray.get_gpu_ids()``; Ray's ids
 are the node's physical indexes), describes them as ``ResourceInfo`` (name and
 UUID from NVML when the node has it, ``ray-gpu-<id>`` otherwise), and starts
-``python -m apache_beam.runners.worker.sdk_worker_main`` as its child with that
+``python -m beam_gpu_runner.placement.harness`` (Beam's SDK harness) as its child with that
 resource environment. The harness is tied to the actor: it gets SIGKILL when
 the actor process dies (Linux ``PR_SET_PDEATHSIG``), so a killed actor leaves
 no orphan harness behind.
@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
+from beam_gpu_runner.placement import harness
 from beam_gpu_runner.placement.process_info import (  # noqa: F401 (re-exported)
     describe_returncode, read_log_tail)
 from beam_gpu_runner.resources.api import ResourceInfo
@@ -32,13 +33,13 @@ from beam_gpu_runner.resources.runtime_context import RuntimeContext
 
 _LOG = logging.getLogger(__name__)
 
-HARNESS_MODULE = "apache_beam.runners.worker.sdk_worker_main"
+HARNESS_MODULE = harness.MODULE
 
 # Runs the harness after asking the kernel to SIGKILL it when its parent (the
 # actor process) dies. No preexec_fn: the Ray worker is multi-threaded.
 # The getppid check closes the race where the parent died before prctl ran.
 # PDEATHSIG survives exec, so the harness shows up in ps as the usual
-# ``python -m apache_beam.runners.worker.sdk_worker_main``.
+# ``python -m beam_gpu_runner.placement.harness``.
 _LAUNCHER = (
     "import ctypes, os, sys\n"
     "parent = int(sys.argv[1])\n"

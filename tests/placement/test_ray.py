@@ -131,7 +131,7 @@ def test_sdk_harness_connects_back_to_control_service(ray_cluster, fn_api_server
               % (actor_start, time.monotonic() - started))
         assert worker.is_alive(), worker.exit_description()
         harness = psutil.Process(worker.harness_pid)
-        assert "apache_beam.runners.worker.sdk_worker_main" in harness.cmdline()
+        assert "beam_gpu_runner.placement.harness" in harness.cmdline()
     finally:
         worker.stop(timeout=10)
     assert not worker.is_alive()

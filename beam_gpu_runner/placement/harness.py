@@ -1,0 +1,48 @@
+"""The SDK harness our worker processes run: Beam's ``sdk_worker_main``, with
+a smaller output flush size.
+
+Beam's harness sends a bundle's output when 10 MB have accumulated or the
+bundle ends, so a runner sees nothing of a big bundle until late. Sent in
+~1 MB messages, output reaches the runner while the bundle runs, and the
+runner can start on it (``execution.arriving``: GroupByKey input is grouped
+as it arrives). The harness flushes only between elements (Beam calls
+``maybe_flush`` after each one), so a message still holds whole elements.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+#: Output is sent to the runner in Data messages of about this size.
+OUTPUT_MESSAGE_BYTES = 1 << 20
+
+MODULE = __name__
+
+
+def _install_flush_size(size: int) -> None:
+    from apache_beam.runners.worker import data_plane
+
+    base = data_plane.SizeBasedBufferingClosableOutputStream
+    if getattr(base, "_beam_gpu_runner_flush_size", None) == size:
+        return
+
+    class _Sized(base):  # type: ignore[valid-type, misc]
+        _beam_gpu_runner_flush_size = size
+
+        def __init__(self, close_callback: Any = None, flush_callback: Any = None,
+                     size_flush_threshold: int = size, **kwargs: Any) -> None:
+            super().__init__(close_callback, flush_callback, size_flush_threshold, **kwargs)
+
+    # ClosableOutputStream.create looks the class up by name when called.
+    setattr(data_plane, "SizeBasedBufferingClosableOutputStream", _Sized)
+
+
+def main(argv: list[str]) -> None:
+    from apache_beam.runners.worker import sdk_worker_main
+
+    _install_flush_size(OUTPUT_MESSAGE_BYTES)
+    sdk_worker_main.main(argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,44 @@
+"""Our worker entry point: Beam's harness with ~1 MB output messages (placement/harness.py)."""
+from __future__ import annotations
+
+from apache_beam.runners.worker import data_plane
+
+from beam_gpu_runner.placement import harness, local
+
+
+def _stream(sent: list[bytes]) -> data_plane.ClosableOutputStream:
+    return data_plane.ClosableOutputStream.create(
+        close_callback=sent.append, flush_callback=sent.append, data_buffer_time_limit_ms=0)
+
+
+def test_output_is_flushed_at_the_installed_size_between_elements(monkeypatch):
+    monkeypatch.setattr(data_plane, "SizeBasedBufferingClosableOutputStream",
+                        data_plane.SizeBasedBufferingClosableOutputStream)
+    harness._install_flush_size(1000)
+    harness._install_flush_size(1000)   # twice: still one subclass deep
+    assert data_plane.SizeBasedBufferingClosableOutputStream.__mro__[2] is (
+        data_plane.ClosableOutputStream)
+    sent: list[bytes] = []
+    out = _stream(sent)
+    out.write(b"a" * 600)
+    out.maybe_flush()
+    assert sent == []              # below the size: kept
+    out.write(b"b" * 600)          # a whole element is never cut
+    out.maybe_flush()
+    assert sent == [b"a" * 600 + b"b" * 600]
+    out.write(b"c")
+    out.close()
+    assert sent[-1] == b"c"
+
+
+def test_beams_default_is_ten_megabytes_without_it():
+    sent: list[bytes] = []
+    out = _stream(sent)
+    out.write(b"a" * (2 << 20))
+    out.maybe_flush()
+    assert sent == []
+
+
+def test_local_workers_run_our_entry_point():
+    assert local.harness_command()[-2:] == ["-m", "beam_gpu_runner.placement.harness"]
+    assert harness.OUTPUT_MESSAGE_BYTES == 1 << 20

@@ -3,7 +3,7 @@
 Beam's ``_TimingEventGenerator`` and ``_TestStreamFormatter``
 (``apache_beam/testing/test_stream.py``) read a bag with
 ``next(state.read(), default)``. Only Beam's in-process DirectRunner hands a
-DoFn an iterator there; the unchanged SDK harness our workers run returns an
+DoFn an iterator there; Beam's SDK harness, which our workers run, returns an
 iterable (``_ConcatIterable``), so the DoFn fails with ``TypeError: ... is
 not an iterator``. The phase below swaps each of these DoFns, in its ParDo
 payload only, for a subclass that passes the base DoFn's own ``process`` a

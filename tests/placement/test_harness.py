@@ -42,3 +42,14 @@ def test_beams_default_is_ten_megabytes_without_it():
 def test_local_workers_run_our_entry_point():
     assert local.harness_command()[-2:] == ["-m", "beam_gpu_runner.placement.harness"]
     assert harness.OUTPUT_MESSAGE_BYTES == 1 << 20
+
+
+def test_the_harness_still_runs_when_the_flush_size_cannot_be_set(monkeypatch, caplog):
+    from apache_beam.runners.worker import sdk_worker_main
+
+    ran: list[list[str]] = []
+    monkeypatch.delattr(data_plane, "SizeBasedBufferingClosableOutputStream")
+    monkeypatch.setattr(sdk_worker_main, "main", ran.append)
+    harness.main(["harness"])
+    assert ran == [["harness"]]
+    assert "keeping Beam's output flush size" in caplog.text

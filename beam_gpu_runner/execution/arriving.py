@@ -54,10 +54,6 @@ class ArrivingGroups(beam_exec.GroupingBuffer):
             "GroupingBuffer takes it with extend(), it is not read as chunks")
 
 
-def has_groups(buffer: Any) -> bool:
-    return isinstance(buffer, ArrivingGroups) and buffer.chunks > 0
-
-
 GroupsFactory = Callable[[], ArrivingGroups]
 
 #: What an attempt collects for one data output.

@@ -20,7 +20,7 @@ from beam_gpu_runner.engine.events import (
     BundleSucceeded, Payload, TimerUpdate, WindowedPayload)
 from beam_gpu_runner.engine.timestamps import MIN_TIMESTAMP, Micros
 from beam_gpu_runner.execution.arriving import (
-    ArrivingGroups, OutputBuffer, has_groups, released_by_window)
+    ArrivingGroups, OutputBuffer, released_by_window)
 from beam_gpu_runner.execution.attempt import AttemptResult
 from beam_gpu_runner.preprocess.stage_graph import buffer_name, timer_family_key
 
@@ -41,7 +41,7 @@ class ResidualBuffer(beam_exec.ListBuffer):
 
 def has_data(buffer: OutputBuffer) -> bool:
     if isinstance(buffer, ArrivingGroups):
-        return has_groups(buffer)
+        return buffer.chunks > 0
     return any(chunk for chunk in buffer)
 
 

@@ -119,3 +119,16 @@ def median_of(fn: Callable[[], float], repeats: int) -> tuple[float, list[float]
 
 def ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("inf")
+
+
+def steady_rate(what: str, count: int, wall_s: float, small_count: int,
+                small_wall_s: float) -> float:
+    """Items/s between a small and a big run, ``(count - small) / (wall - small_wall)``,
+    so what both runs pay once cancels out; ``count / wall_s`` without a small
+    run (``small_count`` 0) or when the big run was not slower."""
+    if small_count and wall_s > small_wall_s:
+        return (count - small_count) / (wall_s - small_wall_s)
+    if small_count:
+        _LOG.warning("%s: the big run was not slower than the small one; "
+                     "reporting count / wall time", what)
+    return count / wall_s

@@ -9,7 +9,6 @@ each line carries its image's ``emitted_at`` (the replay's wall time).
 from __future__ import annotations
 
 import glob
-import logging
 import os
 import shutil
 import tempfile
@@ -20,9 +19,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from benchmarks.common import options
-
-_LOG = logging.getLogger(__name__)
+from benchmarks.common import options, steady_rate
 
 
 @dataclass(frozen=True)
@@ -139,13 +136,8 @@ def run_throughput(runner: str, images: int, small_images: int, batch_size: int 
     small = run_stream(runner, small_images, 0.0, batch_size, num_workers) \
         if small_images else None
     big = run_stream(runner, images, 0.0, batch_size, num_workers)
-    if small is not None and big.wall_s > small.wall_s:
-        steady = (images - small_images) / (big.wall_s - small.wall_s)
-    else:
-        if small is not None:
-            _LOG.warning("mnist %s: the large run was not slower than the small one; "
-                         "reporting images / wall", runner)
-        steady = images / big.wall_s
+    steady = steady_rate("mnist %s" % runner, images, big.wall_s,
+                         small_images if small else 0, small.wall_s if small else 0.0)
     return Throughput(runner=runner, num_workers=num_workers, images=images,
                       wall_s=big.wall_s, small_images=small_images,
                       small_wall_s=small.wall_s if small else 0.0,

@@ -1,7 +1,6 @@
 """Runner overhead: a trivial pipeline (Map, GroupByKey, CombinePerKey) over N elements."""
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
@@ -9,9 +8,8 @@ from typing import Any, Iterator
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 
-from benchmarks.common import options
+from benchmarks.common import options, steady_rate
 
-_LOG = logging.getLogger(__name__)
 
 NAMESPACE = "benchmarks.trivial"
 NUM_KEYS = 1000
@@ -105,13 +103,8 @@ def run_throughput(runner: str, num_elements: int, small_elements: int,
                    num_workers: int = 0) -> TrivialThroughput:
     small = run_trivial(runner, small_elements, num_workers) if small_elements else None
     big = run_trivial(runner, num_elements, num_workers)
-    if small is not None and big.wall_s > small.wall_s:
-        steady = (num_elements - small_elements) / (big.wall_s - small.wall_s)
-    else:
-        if small is not None:
-            _LOG.warning("trivial %s: the big run was not slower than the small one; "
-                         "reporting elements / wall", runner)
-        steady = big.elements_per_s
+    steady = steady_rate("trivial %s" % runner, num_elements, big.wall_s,
+                         small_elements if small else 0, small.wall_s if small else 0.0)
     return TrivialThroughput(
         runner=runner, num_workers=num_workers, elements=num_elements, wall_s=big.wall_s,
         elements_per_s=big.elements_per_s, small_elements=small_elements,

@@ -167,10 +167,7 @@ class WorkerPool:
         with self._lock:
             if slot.worker is worker:
                 slot.worker = None
-        try:
-            self._factory.stop(worker)
-        except Exception:
-            _LOG.warning("Stopping lost worker %s failed", worker.worker_id, exc_info=True)
+        self._stop(worker)
 
     def _stop(self, worker: beam_wh.WorkerHandler) -> None:
         try:

@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "runner": {"execution", "preprocess", "workers", "placement", "resources", "engine",
                "options"},
     "options": set(),
+    "status": set(),   # plain values describing jobs, read by the UI and the job server
     "cli": set(),   # loads subcommands lazily by name
     "testing": {"runner", "options", "resources", "drivers"},
     "jobservice": {"runner", "options", "resources", "placement"},

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field, replace
 from typing import Hashable, Optional
 
 from beam_gpu_runner.engine.events import (
-    Bundle, BundleFailed, BundleSucceeded, Drain, Event, Instruction, JobFailed,
-    JobFinished, Payload, RunBundle, Tick, TimerUpdate, WindowedPayload)
+    Bundle, BundleFailed, BundleSplit, BundleSucceeded, Drain, Event, Instruction,
+    JobFailed, JobFinished, Payload, RunBundle, SplitBundle, SplitRefused, Tick,
+    TimerUpdate, WindowedPayload)
 from beam_gpu_runner.engine.graph import InputKind, StageGraph, StageSpec
+from beam_gpu_runner.engine.sizing import Divider, SplitPolicy, plan_divisions, plan_splits
 from beam_gpu_runner.engine.test_stream import (
     AdvanceProcessingTime, AdvanceWatermark, EmitElements, TestStreamScript)
 from beam_gpu_runner.engine.timestamps import (
@@ -45,6 +47,29 @@ class _Held:
 
 
 @dataclass
+class _Running:
+    """What the engine knows of a bundle in flight, for splitting it."""
+
+    started: float
+    split_pending: bool = False
+    refusals: int = 0
+    not_before: float = 0.0
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """Counts and watermarks of one stage (for status pages and logs)."""
+
+    ready: int
+    in_flight: int
+    done: int
+    retried: int
+    split: int
+    input_watermark: Micros
+    output_watermark: Micros
+
+
+@dataclass
 class _StageState:
     spec: StageSpec
     ready: collections.deque[Bundle] = field(default_factory=collections.deque)
@@ -58,6 +83,15 @@ class _StageState:
     #: key -> watermark hold from the stage's state for that key
     key_holds: dict[Hashable, Micros] = field(default_factory=dict)
     output_watermark: Micros = MIN_TIMESTAMP
+    done: int = 0
+    retried: int = 0
+    split: int = 0
+
+    def startable(self) -> int:
+        """How many ready bundles may start now (stateful stages: one at a time)."""
+        if self.spec.stateful:
+            return 0 if self.in_flight else min(1, len(self.ready))
+        return len(self.ready)
 
     def has_data_work(self) -> bool:
         return bool(self.ready or self.delayed or self.barrier
@@ -87,13 +121,21 @@ class _StageState:
 class ElementManager:
     """Schedules bundles of a stage graph; see the module docstring."""
 
-    def __init__(self, graph: StageGraph, clock: Clock, max_attempts: int = 3) -> None:
+    def __init__(self, graph: StageGraph, clock: Clock, max_attempts: int = 3,
+                 divider: Optional[Divider] = None,
+                 split_policy: Optional[SplitPolicy] = None) -> None:
+        """``divider`` counts and cuts payloads (None: bundles are never cut or
+        split); ``split_policy`` says when running bundles are split."""
         if max_attempts < 1:
             raise ValueError("ElementManager: max_attempts must be >= 1, got %r"
                              % max_attempts)
         self._graph = graph
         self._clock = clock
         self._max_attempts = max_attempts
+        self._divider = divider
+        self._policy = split_policy or SplitPolicy()
+        #: bundle id -> when it started and how its splits went
+        self._running: dict[str, _Running] = {}
         self._stages = {s.name: _StageState(s) for s in graph.stages}
         self._ids = itertools.count(1)
         self._seq = itertools.count()
@@ -148,6 +190,10 @@ class ElementManager:
             return []
         if isinstance(event, BundleSucceeded):
             self._on_success(event)
+        elif isinstance(event, BundleSplit):
+            self._on_split(event)
+        elif isinstance(event, SplitRefused):
+            self._on_split_refused(event)
         elif isinstance(event, BundleFailed):
             failed = self._on_failure(event)
             if failed is not None:
@@ -177,12 +223,24 @@ class ElementManager:
         return self._draining
 
     def next_wakeup(self) -> Optional[float]:
-        """Processing time of the next delayed bundle or timer, if any."""
+        """Processing time of the next delayed bundle or timer, or of the next
+        chance to split a running bundle for idle workers, if any."""
         times = [t for s in self._stages.values() for t, _, _ in s.delayed[:1]]
         if self._test_time is None:
             times += [t.update.fire_at / 1e6 for s in self._stages.values()
                       for t in s.timers.values() if t.processing_time]
+        times += [self._split_time(self._running[b.id])
+                  for pool, idle in self._free_places().items() if idle > 0
+                  for b in self._split_candidates(pool, ignore_time=True)]
         return min(times, default=None)
+
+    def stage_stats(self, stage: str) -> StageStats:
+        state = self._state(stage, "stage_stats")
+        return StageStats(
+            ready=len(state.ready) + len(state.delayed) + len(state.barrier),
+            in_flight=len(state.in_flight), done=state.done, retried=state.retried,
+            split=state.split, input_watermark=self._input_watermark(state.spec),
+            output_watermark=state.output_watermark)
 
     def describe(self) -> str:
         lines = ["(draining)"] if self._draining else []
@@ -201,6 +259,7 @@ class ElementManager:
     def _on_success(self, event: BundleSucceeded) -> None:
         bundle = self._pop_in_flight(event.bundle_id, "BundleSucceeded")
         state = self._stages[bundle.stage]
+        state.done += 1
         # Computed while the bundle ran, this bounds what it produced from below.
         produced_hold = state.output_watermark
         for buffer, payloads in event.produced.items():
@@ -274,6 +333,7 @@ class ElementManager:
                          event.error)
             self._stages[bundle.stage].ready.appendleft(
                 replace(bundle, attempt=bundle.attempt + 1))
+            self._stages[bundle.stage].retried += 1
             return None
         if event.retriable:
             error = ("bundle %s failed %d times (max_bundle_attempts=%d); "
@@ -284,25 +344,89 @@ class ElementManager:
         return JobFailed(stage=bundle.stage, error=error, cause=event.cause)
 
     def _pop_in_flight(self, bundle_id: str, what: str) -> Bundle:
+        bundle = self._in_flight(bundle_id, what)
+        del self._bundles[bundle_id]
+        del self._stages[bundle.stage].in_flight[bundle_id]
+        self._running.pop(bundle_id, None)
+        return bundle
+
+    def _in_flight(self, bundle_id: str, what: str) -> Bundle:
         try:
-            bundle = self._bundles.pop(bundle_id)
+            return self._bundles[bundle_id]
         except KeyError:
             raise ValueError("%s: bundle %r is not in flight" % (what, bundle_id)) from None
-        del self._stages[bundle.stage].in_flight[bundle_id]
-        return bundle
+
+    # ---- splits of running bundles --------------------------------------------
+
+    def _on_split(self, event: BundleSplit) -> None:
+        bundle = self._in_flight(event.bundle_id, "BundleSplit")
+        state = self._stages[bundle.stage]
+        # A retry of the bundle runs only what it kept.
+        primary = replace(bundle, inputs=dict(event.primary))
+        self._bundles[bundle.id] = state.in_flight[bundle.id] = primary
+        running = self._running[bundle.id]
+        running.split_pending = False
+        residual = {t: p for t, p in event.residual.items() if p}
+        if not residual:
+            return
+        state.split += 1
+        state.ready.appendleft(replace(
+            self._new_bundle(bundle.stage, residual, bundle.hold),
+            residual=bundle.residual, drain=bundle.drain))
+        _LOG.debug("Bundle %s of stage %s split; its residual is %s", bundle.id,
+                   bundle.stage, state.ready[0].id)
+
+    def _on_split_refused(self, event: SplitRefused) -> None:
+        self._in_flight(event.bundle_id, "SplitRefused")
+        running = self._running[event.bundle_id]
+        running.split_pending = False
+        running.refusals += 1
+        running.not_before = (self._clock()
+                              + self._policy.retry_after_s * 2 ** (running.refusals - 1))
+
+    def _split_time(self, running: _Running) -> float:
+        return max(running.started + self._policy.min_runtime_s, running.not_before)
+
+    def _split_candidates(self, pool: str, ignore_time: bool = False) -> list[Bundle]:
+        """Running bundles of ``pool`` that may be asked to split, oldest first."""
+        now = self._clock()
+        out = []
+        for state in self._stages.values():
+            if state.spec.pool != pool or not state.spec.dynamic_split:
+                continue
+            for bundle in state.in_flight.values():
+                running = self._running[bundle.id]
+                if (running.split_pending or running.refusals >= self._policy.max_refusals
+                        or not bundle.inputs or bundle.timers):
+                    continue
+                if ignore_time or self._split_time(running) <= now:
+                    out.append(bundle)
+        out.sort(key=lambda b: self._running[b.id].started)
+        return out
+
+    def _splits(self) -> list[Instruction]:
+        if self._divider is None or self._draining:
+            return []
+        out: list[Instruction] = []
+        for pool, idle in self._free_places().items():
+            if idle <= 0 or self._startable(pool):
+                continue
+            for bundle, keep in plan_splits(idle, self._split_candidates(pool)):
+                self._running[bundle.id].split_pending = True
+                out.append(SplitBundle(bundle.id, keep))
+        return out
 
     # ---- scheduling ---------------------------------------------------------
 
     def _schedule(self) -> list[Instruction]:
         while True:
             self._update_watermarks()
-            out: list[Instruction] = []
             for state in self._stages.values():
                 self._release(state, self._clock(), self.now())
-                out.extend(self._dispatch(state))
+            out = self._dispatch_all()
             if out or self._bundles:
                 # Dispatching changes holds only by moving work to in-flight.
-                return out
+                return out + self._splits()
             # Quiet: the TestStream's next event, if any, then look again;
             # then timers that can no longer fire (their holds go with them).
             if not self._step_script() and not self._drop_final_processing_timers():
@@ -389,20 +513,82 @@ class ElementManager:
             spec.name, {}, min(t.update.hold for t in fired),
             timers={k: tuple(v) for k, v in timers.items()}))
 
-    def _dispatch(self, state: _StageState) -> list[Instruction]:
-        if not state.ready or not self._side_inputs_ready(state.spec):
-            return []
-        out: list[Instruction] = []
-        while state.ready:
-            if state.spec.stateful and state.in_flight:
-                break
-            bundle = state.ready.popleft()
-            if self._draining and not bundle.drain:
-                bundle = replace(bundle, drain=True)
-            state.in_flight[bundle.id] = bundle
-            self._bundles[bundle.id] = bundle
-            out.append(RunBundle(bundle))
+    def _dispatch_all(self) -> list[Instruction]:
+        """Start what may start: every ready bundle of a runner-side stage; of a
+        pooled stage as many as its pool has free places, downstream stages
+        first (data already produced drains before more is made), after
+        cutting ready bundles for idle places (``sizing.plan_divisions``)."""
+        free = self._free_places()
+        for pool, places in free.items():
+            self._divide_ready(pool, places)
+        counts: dict[str, int] = {}
+        for spec in reversed(self._graph.stages):
+            state = self._stages[spec.name]
+            if not state.ready or not self._side_inputs_ready(spec):
+                continue
+            count = state.startable()
+            if spec.pool is not None:
+                count = min(count, free[spec.pool])
+                free[spec.pool] -= count
+            counts[spec.name] = count
+        # Instructions in graph order (upstream first), whoever got the places.
+        return [self._start(self._stages[spec.name],
+                            self._stages[spec.name].ready.popleft())
+                for spec in self._graph.stages for _ in range(counts.get(spec.name, 0))]
+
+    def _start(self, state: _StageState, bundle: Bundle) -> RunBundle:
+        if self._draining and not bundle.drain:
+            bundle = replace(bundle, drain=True)
+        state.in_flight[bundle.id] = bundle
+        self._bundles[bundle.id] = bundle
+        self._running[bundle.id] = _Running(started=self._clock())
+        return RunBundle(bundle)
+
+    def _free_places(self) -> dict[str, int]:
+        busy: dict[str, int] = collections.Counter(
+            self._stages[b.stage].spec.pool for b in self._bundles.values())
+        return {pool: capacity - busy.get(pool, 0)
+                for pool, capacity in self._graph.pools.items()}
+
+    def _startable(self, pool: str) -> list[tuple[_StageState, Bundle]]:
+        """Ready bundles of ``pool``'s stages that may start now, in dispatch order."""
+        out = []
+        for spec in reversed(self._graph.stages):
+            state = self._stages[spec.name]
+            if spec.pool == pool and state.ready and self._side_inputs_ready(spec):
+                out += [(state, b) for b in list(state.ready)[:state.startable()]]
         return out
+
+    def _divide_ready(self, pool: str, places: int) -> None:
+        """Cut ready bundles of ``pool`` so that its idle places get work."""
+        divider = self._divider
+        if divider is None or places <= 0:
+            return
+        startable = self._startable(pool)
+        sizes = [(b.id, self._divisible_elements(state, b)) for state, b in startable]
+        plan = plan_divisions(sizes, places)
+        for state, bundle in startable:
+            parts = plan.get(bundle.id)
+            if not parts:
+                continue
+            [(transform, payloads)] = bundle.inputs.items()
+            pieces = divider.divide(payloads, parts)
+            position = state.ready.index(bundle)
+            del state.ready[position]
+            for offset, piece in enumerate(pieces):
+                state.ready.insert(position + offset, replace(
+                    self._new_bundle(bundle.stage, {transform: piece}, bundle.hold),
+                    residual=bundle.residual, drain=bundle.drain,
+                    attempt=bundle.attempt))
+            _LOG.debug("Bundle %s of stage %s cut into %d for idle workers of pool %s",
+                       bundle.id, bundle.stage, len(pieces), pool)
+
+    def _divisible_elements(self, state: _StageState, bundle: Bundle) -> int:
+        if (self._divider is None or not state.spec.divisible or bundle.timers
+                or len(bundle.inputs) != 1):
+            return 0
+        [payloads] = bundle.inputs.values()
+        return self._divider.elements(payloads)
 
     def _side_inputs_ready(self, spec: StageSpec) -> bool:
         return all(self._buffer_watermark(b) >= MAX_TIMESTAMP for b in spec.side_inputs)

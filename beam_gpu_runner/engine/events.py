@@ -90,6 +90,26 @@ class BundleFailed:
 
 
 @dataclass(frozen=True)
+class BundleSplit:
+    """A running bundle gave up part of its input (a split it was asked for).
+
+    ``primary`` is what the bundle still processes (its input for a retry);
+    ``residual`` goes back to the stage as new work, with the bundle's hold.
+    """
+
+    bundle_id: str
+    primary: Mapping[str, tuple[Payload, ...]]
+    residual: Mapping[str, tuple[Payload, ...]]
+
+
+@dataclass(frozen=True)
+class SplitRefused:
+    """A running bundle could not be split (nearly done, or not splittable)."""
+
+    bundle_id: str
+
+
+@dataclass(frozen=True)
 class Tick:
     """Processing time moved on (the driver calls this when it wakes)."""
 
@@ -109,7 +129,7 @@ class Drain:
     """
 
 
-Event = Union[BundleSucceeded, BundleFailed, Tick, Drain]
+Event = Union[BundleSucceeded, BundleFailed, BundleSplit, SplitRefused, Tick, Drain]
 
 
 # ---- instructions -----------------------------------------------------------
@@ -117,6 +137,16 @@ Event = Union[BundleSucceeded, BundleFailed, Tick, Drain]
 @dataclass(frozen=True)
 class RunBundle:
     bundle: Bundle
+
+
+@dataclass(frozen=True)
+class SplitBundle:
+    """Ask a running bundle to keep ``fraction_of_remainder`` of what it has
+    left (Beam's ProcessBundleSplitRequest); answered by ``BundleSplit`` or
+    ``SplitRefused``."""
+
+    bundle_id: str
+    fraction_of_remainder: float
 
 
 @dataclass(frozen=True)
@@ -131,4 +161,4 @@ class JobFailed:
     cause: Optional[BaseException] = None
 
 
-Instruction = Union[RunBundle, JobFinished, JobFailed]
+Instruction = Union[RunBundle, SplitBundle, JobFinished, JobFailed]

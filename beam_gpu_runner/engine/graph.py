@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional
 
 
 class InputKind(enum.Enum):
@@ -44,6 +44,16 @@ class StageSpec:
     timer_families: tuple[TimerFamily, ...] = ()
     #: Keyed state or timers: at most one bundle in flight at a time.
     stateful: bool = False
+    #: The worker pool that runs its bundles (``StageGraph.pools`` says how
+    #: many at once); None: a runner-side stage, run on the driver at once.
+    pool: Optional[str] = None
+    #: Its ready bundles may be cut by element across idle workers (no state,
+    #: no timers: each element's output depends on that element alone).
+    divisible: bool = False
+    #: Its running bundles may be split when workers idle (divisible, and it
+    #: reads no unbounded source: splitting an endless restriction would hold
+    #: the watermark at the split's start).
+    dynamic_split: bool = False
 
 
 class GraphError(ValueError):
@@ -55,10 +65,20 @@ class StageGraph:
     stages: tuple[StageSpec, ...]
     producers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     consumers: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    #: pool -> how many bundles it runs at once (workers x bundles per worker)
+    pools: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, stages: Iterable[StageSpec]) -> "StageGraph":
+    def of(cls, stages: Iterable[StageSpec],
+           pools: Optional[Mapping[str, int]] = None) -> "StageGraph":
         stage_list = tuple(stages)
+        pools = dict(pools or {})
+        for stage in stage_list:
+            if stage.pool is not None and pools.get(stage.pool, 0) < 1:
+                raise GraphError(
+                    "StageGraph.of: stage %r runs on pool %r, whose capacity is %r; "
+                    "give every pool a capacity >= 1 (pools: %s)"
+                    % (stage.name, stage.pool, pools.get(stage.pool), sorted(pools)))
         names = [s.name for s in stage_list]
         if len(set(names)) != len(names):
             dupes = sorted({n for n in names if names.count(n) > 1})
@@ -78,12 +98,35 @@ class StageGraph:
                     "StageGraph.of: stage %r declares a timer family twice: %s"
                     % (stage.name, families))
         return cls(
-            stages=stage_list,
+            stages=_topological(stage_list, producers),
             producers={k: tuple(v) for k, v in producers.items()},
-            consumers={k: tuple(v) for k, v in consumers.items()})
+            consumers={k: tuple(v) for k, v in consumers.items()},
+            pools=pools)
 
     def stage(self, name: str) -> StageSpec:
         for s in self.stages:
             if s.name == name:
                 return s
         raise GraphError("StageGraph.stage: no stage named %r" % name)
+
+
+def _topological(stages: tuple[StageSpec, ...],
+                 producers: Mapping[str, list[str]]) -> tuple[StageSpec, ...]:
+    """Producers before consumers (side inputs too), otherwise in the given order."""
+    by_name = {s.name: s for s in stages}
+    upstream = {s.name: {p for spec in s.inputs if spec.kind is not InputKind.IMPULSE
+                         for p in producers.get(spec.buffer, ()) if p != s.name}
+                | {p for buf in s.side_inputs for p in producers.get(buf, ())
+                   if p != s.name}
+                for s in stages}
+    done: list[str] = []
+    placed: set[str] = set()
+    while len(done) < len(stages):
+        ready = [s.name for s in stages
+                 if s.name not in placed and upstream[s.name] <= placed]
+        if not ready:   # a cycle: keep the given order for what is left
+            ready = [s.name for s in stages if s.name not in placed]
+        for name in ready:
+            placed.add(name)
+            done.append(name)
+    return tuple(by_name[n] for n in done)

@@ -1,6 +1,7 @@
 """GpuRunner: pipeline -> proto -> fused stages -> engine on worker pools."""
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -14,17 +15,18 @@ from apache_beam.portability.api import beam_provision_api_pb2, beam_runner_api_
 from apache_beam.runners.job import utils as job_utils
 from apache_beam.runners.pipeline_utils import (
     group_by_key_input_visitor, merge_common_environments, validate_pipeline_graph)
-from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.runner import PipelineRunner
 from apache_beam.transforms import environments
 
-from beam_gpu_runner.execution.job import Job, JobPlan
-from beam_gpu_runner.execution.result import GpuPipelineResult
+from beam_gpu_runner.bridge.beam import ExtendedProvisionInfo, resolve_any_environments
+from beam_gpu_runner.execution.job import GpuJob, JobPlan, PoolSpec
+from beam_gpu_runner.execution.pipeline_result import GpuPipelineResult
 from beam_gpu_runner.options import GpuRunnerOptions, num_workers
 from beam_gpu_runner.placement import harness
 from beam_gpu_runner.placement.api import Placement
 from beam_gpu_runner.preprocess.fusion import fuse
 from beam_gpu_runner.preprocess.requirements import check_requirements
+from beam_gpu_runner.preprocess.stage_graph import build_job_graph, is_streaming
 from beam_gpu_runner.workers.plan import plan_pools
 from beam_gpu_runner.workers.factory import ProcessWorkerFactory
 from beam_gpu_runner.workers.registry import WorkerRegistry
@@ -76,7 +78,7 @@ class GpuRunner(PipelineRunner):
     """
 
     def __init__(self, placement: Optional[Placement] = None,
-                 provision_info: Optional[fn_runner.ExtendedProvisionInfo] = None,
+                 provision_info: Optional[ExtendedProvisionInfo] = None,
                  is_drain: bool = False) -> None:
         super().__init__()
         self._placement = placement
@@ -110,10 +112,8 @@ class GpuRunner(PipelineRunner):
         """Start the job and return at once (the job server uses this)."""
         gpu_options = options.view_as(GpuRunnerOptions)
         validate_pipeline_graph(pipeline_proto)
-        checker = fn_runner.FnApiRunner()
         check_requirements(pipeline_proto)   # FnApiRunner's, plus TestStream
-        pipeline_proto = merge_common_environments(
-            checker.resolve_any_environments(pipeline_proto))
+        pipeline_proto = merge_common_environments(resolve_any_environments(pipeline_proto))
         stage_context, stages = fuse(pipeline_proto, is_drain=self._is_drain)
         workers = num_workers(options)
         placement = self._placement or _default_placement(gpu_options)
@@ -139,7 +139,7 @@ class GpuRunner(PipelineRunner):
         portable = portable_options(options)
         struct = job_utils.dict_to_struct(
             {"beam:option:%s:v1" % k: v for k, v in portable.items()})
-        provision = self._provision_info or fn_runner.ExtendedProvisionInfo(
+        provision = self._provision_info or ExtendedProvisionInfo(
             beam_provision_api_pb2.ProvisionInfo(
                 retrieval_token="unused-retrieval-token", pipeline_options=struct))
         registry = WorkerRegistry(provision, host=placement.advertise_host())
@@ -147,13 +147,41 @@ class GpuRunner(PipelineRunner):
             registry, placement, dict(stage_context.components.environments),
             options_json(portable), gpu_options.worker_start_timeout,
             devices, pools.stage_names, pools.hint_texts)
-        plan = JobPlan(stage_context, stages, pools.pool_of_stage, pools.sizes,
-                       streaming=options.view_as(pipeline_options.StandardOptions).streaming,
-                       bundles_per_worker=pools.bundles_per_worker)
+        streaming = (options.view_as(pipeline_options.StandardOptions).streaming
+                     or is_streaming(stage_context.components))
+        graph = build_job_graph(stages, stage_context.components, streaming)
+        pool_ids = {key: "pool%d" % i for i, key in enumerate(pools.sizes)}
+        plan = JobPlan(
+            job_id=_job_id(options), name=_job_name(options), stages=tuple(stages),
+            stage_context=stage_context, graph=graph,
+            pools={pool_ids[key]: PoolSpec(key, size, pools.bundles_per_worker[key])
+                   for key, size in pools.sizes.items()},
+            pool_of_stage={s.name: pool_ids[pools.pool_of_stage[s.name]] for s in stages
+                           if s.name not in graph.runner_side},
+            streaming=streaming,
+            hints={s.name: pools.hint_texts.get(pools.pool_of_stage[s.name], "")
+                   for s in stages},
+            options={k: str(v) for k, v in portable.items()})
         registry.on_close(release)   # the job closes the registry when it ends
-        job = Job(plan, registry, factory, gpu_options.max_bundle_attempts, workers)
+        job = GpuJob(plan, registry, factory, gpu_options.max_bundle_attempts)
         job.start()
         return GpuPipelineResult(job)
+
+
+_job_ids = itertools.count(1)
+
+
+def _job_name(options: pipeline_options.PipelineOptions) -> str:
+    """The pipeline's --job_name, else the main script's name."""
+    name = options.view_as(pipeline_options.GoogleCloudOptions).job_name
+    if name:
+        return str(name)
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return os.path.splitext(script)[0] or "pipeline"
+
+
+def _job_id(options: pipeline_options.PipelineOptions) -> str:
+    return "%s-%d-%d" % (_job_name(options), os.getpid(), next(_job_ids))
 
 
 def _default_placement(options: GpuRunnerOptions) -> Placement:

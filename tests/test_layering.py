@@ -18,19 +18,23 @@ P = "beam_gpu_runner."
 #: layer -> the beam_gpu_runner layers it may import (itself always allowed).
 ALLOWED: dict[str, set[str]] = {
     "engine": set(),
-    "resources": {"options"},
-    "drivers": {"resources"},
-    "placement": {"resources"},
-    "workers": {"placement", "resources"},
-    "preprocess": {"engine", "resources", "workers"},
-    "execution": {"engine", "preprocess", "workers", "placement", "resources"},
-    "runner": {"execution", "preprocess", "workers", "placement", "resources", "engine",
-               "options"},
-    "options": set(),
+    "lifecycle": set(),
     "status": set(),   # plain values describing jobs, read by the UI and the job server
+    "resources": {"options"},
+    "bridge": {"engine"},
+    "drivers": {"resources"},
+    "placement": {"resources", "bridge"},
+    "workers": {"placement", "resources", "bridge"},
+    "preprocess": {"engine", "resources", "workers", "bridge"},
+    "execution": {"engine", "lifecycle", "status", "preprocess", "workers", "placement",
+                  "resources", "bridge"},
+    "runner": {"execution", "preprocess", "workers", "placement", "resources", "engine",
+               "options", "bridge", "status"},
+    "options": set(),
     "cli": set(),   # loads subcommands lazily by name
     "testing": {"runner", "options", "resources", "drivers"},
-    "jobservice": {"runner", "options", "resources", "placement"},
+    "jobservice": {"runner", "options", "resources", "placement", "lifecycle", "status",
+                   "bridge"},
     "transforms": {"resources", "root"},
     "pipelines": {"transforms", "resources", "runner", "options", "root", "jobservice"},
     "root": {"resources", "runner", "options"},   # beam_gpu_runner/__init__.py
@@ -84,7 +88,35 @@ def test_layers_import_only_what_the_rules_allow():
                 violations.append("%s (layer %s) imports %s (layer %s)"
                                   % (module, layer, name, target))
     assert not violations, "\n".join(violations)
-    assert {"engine", "execution", "workers", "resources", "runner"} <= seen_layers
+    assert {"engine", "execution", "workers", "resources", "runner", "bridge"} <= seen_layers
+
+
+#: Beam's runner internals: only the bridge imports them (bridge/beam.py lists
+#: every one, with its canary in tests/bridge/test_canaries.py).
+BEAM_INTERNALS = ("apache_beam.runners.portability.fn_api_runner",
+                  "apache_beam.runners.worker", "apache_beam.runners.direct")
+
+
+def test_only_the_bridge_imports_beams_runner_internals():
+    bad = []
+    for path, module in _modules():
+        if _layer(module) == "bridge":
+            continue
+        for name in _imports(path):
+            if name.startswith(BEAM_INTERNALS):
+                bad.append("%s imports %s (use beam_gpu_runner.bridge)" % (module, name))
+    assert not bad, "\n".join(bad)
+
+
+def test_pure_layers_import_nothing_of_beam_or_the_os():
+    bad = []
+    for path, module in _modules():
+        if _layer(module) not in ("engine", "lifecycle", "status"):
+            continue
+        for name in _imports(path):
+            if name.split(".")[0] in ENGINE_FORBIDDEN:
+                bad.append("%s imports %s" % (module, name))
+    assert not bad, "\n".join(bad)
 
 
 def test_engine_is_pure():

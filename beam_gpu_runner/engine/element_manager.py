@@ -209,6 +209,10 @@ class ElementManager:
 
     # ---- queries ------------------------------------------------------------
 
+    @property
+    def graph(self) -> StageGraph:
+        return self._graph
+
     def watermark(self, stage: str) -> Micros:
         return self._state(stage, "watermark").output_watermark
 

@@ -1,6 +1,7 @@
 """Event time for the engine: integer microseconds, as Beam encodes it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 Micros = int
@@ -18,3 +19,12 @@ def fmt(ts: Micros) -> str:
     if ts == MAX_TIMESTAMP:
         return "MAX"
     return "%dus" % ts
+
+
+@dataclass(frozen=True)
+class StageTime:
+    """What a runner-side stage sees of time when one of its bundles runs."""
+
+    input_watermark: Micros
+    output_watermark: Micros
+    processing_time: float   # seconds (the test clock under a TestStream)

@@ -1,139 +1,141 @@
-"""One job: Beam's fused stages, run by the element manager on worker pools.
+"""One GpuRunner job: its lifecycle, its driver thread, its pools, its status.
 
-The driver thread owns the engine and Beam's execution context; bundles run
-on pool threads, each on its own worker, and report back through a queue.
+``GpuJob`` is what a ``GpuPipelineResult`` (and, through it, the job server)
+holds. ``start`` runs the job on a thread of its own: Beam's context is set
+up (``bridge.context``), the engine gets the impulses and the TestStream
+script, the pools start one worker each, and the driver loop
+(``execution.driver``) runs until the engine says the job finished or failed.
+Cancel and drain requests go through the shared lifecycle state machine
+(``lifecycle``), which says what to do to the running driver.
 """
 from __future__ import annotations
 
-import itertools
 import logging
-import queue
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
-from apache_beam.runners.portability.fn_api_runner import execution as beam_exec
-from apache_beam.runners.portability.fn_api_runner import fn_runner
-from apache_beam.runners.portability.fn_api_runner import translations
-from apache_beam.runners.portability.fn_api_runner import worker_handlers as beam_wh
-from apache_beam.runners.runner import PipelineState
-
-from beam_gpu_runner.engine.element_manager import ElementManager
-from beam_gpu_runner.engine.events import (
-    Bundle, BundleFailed, BundleSucceeded, Drain, Event, Instruction, JobFailed,
-    JobFinished, RunBundle, Tick)
-from beam_gpu_runner.engine.graph import InputKind, StageGraph
-from beam_gpu_runner.execution.arriving import ArrivingGroups, GroupsFactory, groups_factory
-from beam_gpu_runner.execution.attempt import AttemptResult, run_attempt
-from beam_gpu_runner.execution.errors import (
-    JobCancelledError, JobFailedError, JobNotDrainableError)
-from beam_gpu_runner.execution.grouping import StreamingGroupByKey, grouping_for
-from beam_gpu_runner.execution.metrics import consolidate
-from beam_gpu_runner.execution.partitioned import merge_results, split_grouped
-from beam_gpu_runner.execution.results import ResidualBuffer, ResultCollector
-from beam_gpu_runner.execution.test_stream import build_script
-from beam_gpu_runner.execution.timing import PairWithTimingStage, timing_for
+import beam_gpu_runner.lifecycle as lifecycle
+from beam_gpu_runner.bridge.beam import FnApiMetrics, Stage, TransformContext
+from beam_gpu_runner.bridge.bundles import BundleBridge, PayloadDivider
+from beam_gpu_runner.bridge.context import JobContext
+from beam_gpu_runner.bridge.fnapi import AttemptPlan, AttemptResult
+from beam_gpu_runner.bridge.metrics import consolidate
+from beam_gpu_runner.bridge.runner_stages import runner_stages
+from beam_gpu_runner.bridge.test_stream import build_script
+from beam_gpu_runner.engine.element_manager import ElementManager, StageStats
+from beam_gpu_runner.engine.events import Bundle
+from beam_gpu_runner.execution.driver import Driver
+from beam_gpu_runner.engine.timestamps import MIN_TIMESTAMP
+from beam_gpu_runner.execution.errors import JobCancelledError, JobNotDrainableError
 from beam_gpu_runner.preprocess.drain import truncating_variant
-from beam_gpu_runner.preprocess.stage_graph import (
-    IMPULSE, build_stage_graph, group_buffers, grouping_stage, is_streaming,
-    split_timer_family_key, stage_label)
-from beam_gpu_runner.preprocess.timing import timing_stage, timing_transforms
-from beam_gpu_runner.workers.errors import WorkerLostError
+from beam_gpu_runner.preprocess.stage_graph import JobGraph
+from beam_gpu_runner.status import JobStatus, MetricStatus, StageStatus, WorkerStatus
 from beam_gpu_runner.workers.pool import PoolKey, WorkerFactory, WorkerPool
 
 _LOG = logging.getLogger(__name__)
+
+#: How often the driver publishes the engine's counts for ``status()``.
+_SNAPSHOT_S = 0.25
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    key: PoolKey
+    size: int
+    bundles_per_worker: int = 1
+
+    @property
+    def capacity(self) -> int:
+        return self.size * self.bundles_per_worker
 
 
 @dataclass(frozen=True)
 class JobPlan:
     """What the runner decided before execution: stages, pools, sizes."""
 
-    stage_context: translations.TransformContext
-    stages: list[translations.Stage]
-    pool_of_stage: Mapping[str, PoolKey]
-    pool_sizes: Mapping[PoolKey, int]
-    #: --streaming: GroupByKey follows triggers as input arrives, even when
-    #: every source is bounded (otherwise only unbounded pipelines do).
+    job_id: str
+    name: str
+    stages: tuple[Stage, ...]
+    stage_context: TransformContext
+    graph: JobGraph
+    #: pool id -> its key, size and bundles per worker
+    pools: Mapping[str, PoolSpec]
+    #: pooled stage -> pool id (runner-side stages have none)
+    pool_of_stage: Mapping[str, str]
+    #: --streaming, or an unbounded PCollection: GroupByKey follows triggers
     streaming: bool = False
-    #: bundles each worker of a pool runs at once (1 when absent)
-    bundles_per_worker: Mapping[PoolKey, int] = field(default_factory=dict)
+    #: stage -> its accelerator hint text ("" when none)
+    hints: Mapping[str, str] = field(default_factory=dict)
+    #: options the user set, for status pages (JSON-friendly values only)
+    options: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
-class _Outcome:
-    bundle: Bundle
-    result: Optional[AttemptResult] = None
-    inputs: Mapping[str, beam_exec.PartitionableBuffer] = field(default_factory=dict)
-    error: Optional[BaseException] = None
-    lost: bool = False
+class _StageBook:
+    """What the job saw of one stage's bundles."""
+
+    monitoring: list[Any] = field(default_factory=list)
+    elements_in: int = 0
+    elements_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    workers: set[str] = field(default_factory=set)
 
 
-_CANCEL = object()
-_DRAIN = object()
+class GpuJob:
+    """See the module docstring. Thread-safe."""
 
-
-class Job:
-    """Runs a plan to completion on a driver thread; see the module docstring."""
-
-    def __init__(
-        self,
-        plan: JobPlan,
-        registry: Any,
-        factory: WorkerFactory,
-        max_attempts: int,
-        num_workers: int,
-        on_state: Optional[Callable[[str], None]] = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._plan = plan
-        self._registry = registry
+    def __init__(self, plan: JobPlan, services: Any, factory: WorkerFactory,
+                 max_attempts: int, clock: Callable[[], float] = time.time,
+                 on_state: Optional[Callable[[str], None]] = None) -> None:
+        self.plan = plan
+        self._services = services
         self._factory = factory
         self._max_attempts = max_attempts
-        self._num_workers = num_workers
-        self._on_state = on_state
         self._clock = clock
-        self._events: "queue.Queue[Any]" = queue.Queue()
-        self._cancelled = threading.Event()
-        self._pools: dict[PoolKey, WorkerPool] = {}
-        self._monitoring: dict[str, list] = {}
-        self._labels = {s.name: stage_label(s) for s in plan.stages}
+        self._on_state = on_state
         self._lock = threading.Lock()
-        #: drain() against the driver's own state changes (RUNNING, the end)
-        self._state_lock = threading.Lock()
-        self._drain_requested = False
-        self.state = PipelineState.STOPPED
-        self.error: Optional[BaseException] = None
-        self._thread: Optional[threading.Thread] = None
+        self._lifecycle = lifecycle.Lifecycle(job=plan.job_id)
         self._done = threading.Event()
-        #: streaming GroupByKey stages, run on the driver thread
-        self._groupings: dict[str, StreamingGroupByKey] = {}
-        #: PairWithTiming stages, run on the driver thread
-        self._timings: dict[str, PairWithTimingStage] = {}
-        self._engine: Optional[ElementManager] = None
-        self._context: Optional[beam_exec.FnApiRunnerExecutionContext] = None
-        #: stage -> its truncating variant for draining (None: it has none)
-        self._drain_contexts: dict[str, Optional[beam_exec.BundleContextManager]] = {}
-        #: stage -> its GroupByKey outputs grouped as they arrive (batch only)
-        self._grouped: dict[str, dict[bytes, GroupsFactory]] = {}
+        self._driver: Optional[Driver] = None
+        self._pools: dict[str, WorkerPool] = {}
+        self._books: dict[str, _StageBook] = {}
+        self._snapshot: dict[str, StageStats] = {}
+        self._snapshot_at = 0.0
+        self.error: Optional[BaseException] = None
+        self.started_at = time.time()
+        self.ended_at: Optional[float] = None
 
-    # ---- lifecycle ----------------------------------------------------------
+    # ---- lifecycle ----------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            return self._lifecycle.state
 
     def start(self) -> None:
-        self._set_state(PipelineState.STARTING)
-        self._thread = threading.Thread(target=self._main, name="gpu-runner-job",
-                                        daemon=True)
-        self._thread.start()
+        with self._lock:
+            self._lifecycle.start()
+        self._notify()
+        threading.Thread(target=self._main, name="gpu-runner-job-%s" % self.plan.job_id,
+                         daemon=True).start()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         return self._done.wait(timeout)
 
     def cancel(self) -> None:
-        if self._done.is_set():
-            return
-        self._set_state(PipelineState.CANCELLING)
-        self._cancelled.set()
-        self._events.put(_CANCEL)
+        """Stop at once, dropping buffered data (does not wait)."""
+        with self._lock:
+            if lifecycle.is_terminal(self._lifecycle.state):
+                return
+            actions = self._lifecycle.cancel()
+            driver = self._driver
+        if driver is not None and lifecycle.Action.CANCEL in actions:
+            driver.cancel()
+        self._notify()
 
     def drain(self) -> str:
         """Stop the sources, finish what they read, fire every window; the job
@@ -143,346 +145,115 @@ class Job:
         the engine does the rest (``engine.events.Drain``). Raises
         ``JobNotDrainableError`` when the job ended or is being cancelled.
         """
-        with self._state_lock:
-            state = self.state
-            if self._done.is_set() or PipelineState.is_terminal(state):
-                raise JobNotDrainableError(
-                    "cannot drain: the job already ended in state %s; a drain stops a "
-                    "running job's sources and lets it finish what they read, so "
-                    "there is nothing left to drain" % state)
-            if self._cancelled.is_set():
-                raise JobNotDrainableError(
-                    "cannot drain: the job is being cancelled (state %s), which drops "
-                    "the data it holds; wait_until_finish() waits for the cancel"
-                    % state)
-            if not self._drain_requested:
-                self._drain_requested = True
-                self._set_state(PipelineState.DRAINING)
-                self._events.put(_DRAIN)
-                _LOG.info("Draining the job (it was %s)", state)
-            return self.state
-
-    def monitoring_infos_by_stage(self) -> dict[str, list]:
         with self._lock:
-            return {k: list(v) for k, v in self._monitoring.items()}
-
-    def _set_state(self, state: str) -> None:
-        self.state = state
-        if self._on_state is not None:
             try:
-                self._on_state(state)
-            except Exception:
-                _LOG.warning("on_state callback failed for %s", state, exc_info=True)
+                actions = self._lifecycle.drain()
+            except lifecycle.LifecycleError as exc:
+                raise JobNotDrainableError(str(exc)) from None
+            driver = self._driver
+            state = self._lifecycle.state
+        if driver is not None and lifecycle.Action.DRAIN in actions:
+            _LOG.info("Draining job %s", self.plan.job_id)
+            driver.drain()
+        self._notify()
+        return state
+
+    def _notify(self) -> None:
+        if self._on_state is None:
+            return
+        try:
+            self._on_state(self.state)
+        except Exception:
+            _LOG.warning("on_state callback failed", exc_info=True)
+
+    # ---- the job's thread -------------------------------------------------------------
 
     def _main(self) -> None:
+        outcome = lifecycle.FAILED
         try:
             self._run()
-            with self._state_lock:
-                self._set_state(PipelineState.DRAINED if self._drain_requested
-                                else PipelineState.DONE)
+            outcome = lifecycle.DONE
         except JobCancelledError as exc:
             self.error = exc
-            self._set_state(PipelineState.CANCELLED)
-        except BaseException as exc:  # the job's error is reported, not raised here
+            outcome = lifecycle.CANCELLED
+        except BaseException as exc:   # the job's error is reported, not raised here
             self.error = exc
-            _LOG.error("Job failed: %s", exc)
-            self._set_state(PipelineState.FAILED)
-        finally:
-            self._done.set()
-
-    # ---- the driver loop ----------------------------------------------------
-
-    def _run(self) -> None:
-        plan = self._plan
-        streaming = plan.streaming or is_streaming(plan.stage_context.components)
-        graph = build_stage_graph(plan.stages, streaming)
-        groups = group_buffers(plan.stages) if streaming else []
-        timings = timing_transforms(plan.stages)   # before setup() rewrites payloads
-        context = beam_exec.FnApiRunnerExecutionContext(
-            plan.stages, self._registry, plan.stage_context.components,
-            plan.stage_context.safe_coders, plan.stage_context.data_channel_coders,
-            self._num_workers)
-        self._context = context
-        try:
-            context.setup()   # rewrites data-channel payloads to our endpoints
-            initial = self._initial_inputs(context)
-            stage_contexts = {s.name: context.bundle_manager_for(s) for s in plan.stages}
-            for bcm in stage_contexts.values():
-                self._registry.register_process_bundle_descriptor(
-                    bcm.process_bundle_descriptor)
-            for key, size in plan.pool_sizes.items():
-                self._pools[key] = WorkerPool(key, size, self._factory,
-                                              plan.bundles_per_worker.get(key, 1))
-            utility_key = min(plan.pool_sizes, key=lambda k: k.requirements.needs_gpu)
-            self._registry.set_utility_worker_factory(
-                lambda: self._factory.start(utility_key), self._factory.stop)
-            collector = ResultCollector(context, self._split_parts(graph),
-                                        cut_by_window=not streaming)
-            if not streaming:
-                self._grouped = self._grouped_outputs(context, stage_contexts)
-            engine = ElementManager(graph, self._clock, self._max_attempts)
-            self._engine = engine
-            for group in groups:
-                self._groupings[grouping_stage(group)] = grouping_for(context, group)
-            for transform_id in timings:
-                self._timings[timing_stage(transform_id)] = timing_for(context, transform_id)
-            # One worker per pool that runs bundles starts now, so the first
-            # bundle of each stage does not wait for a process, imports, setup().
-            for key in {plan.pool_of_stage[s.name] for s in plan.stages
-                        if s.name not in self._groupings}:
-                self._pools[key].prestart(1)
-            script = build_script(context)
-            if script is not None:
-                engine.add_test_stream(script)
-            for stage_name, inputs in initial:
-                engine.add_initial(stage_name, inputs)
-            with self._state_lock:
-                if not self._drain_requested:   # DRAINING already says it runs
-                    self._set_state(PipelineState.RUNNING)
-            self._loop(engine, graph, context, stage_contexts, collector)
+            _LOG.error("Job %s failed: %s", self.plan.job_id, exc)
         finally:
             self._close()
+            with self._lock:
+                self._lifecycle.finished(outcome)
+                self.ended_at = time.time()
+            self._notify()
+            self._done.set()
 
-    def _loop(self, engine: ElementManager, graph: StageGraph,
-              context: beam_exec.FnApiRunnerExecutionContext,
-              stage_contexts: Mapping[str, beam_exec.BundleContextManager],
-              collector: ResultCollector) -> None:
-        tokens = fn_runner.FnApiRunner.get_cache_token_generator(static=False)
-        instructions: Iterable[Instruction] = engine.start()
-        while True:
-            for instruction in instructions:
-                if isinstance(instruction, RunBundle):
-                    self._dispatch(instruction.bundle, graph, stage_contexts, tokens)
-                elif isinstance(instruction, JobFinished):
-                    return
-                elif isinstance(instruction, JobFailed):
-                    raise JobFailedError(instruction.error) from instruction.cause
-            wake = engine.next_wakeup()
-            timeout = None if wake is None else max(0.0, wake - self._clock())
-            try:
-                item = self._events.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if item is _CANCEL or self._cancelled.is_set():
-                raise JobCancelledError("the job was cancelled")
-            event: Event
-            if item is None:
-                event = Tick()
-            elif item is _DRAIN:
-                event = Drain()
-            elif isinstance(item, (BundleSucceeded, BundleFailed)):
-                event = item
-            else:
-                event = self._to_event(item, stage_contexts, collector)
-            instructions = engine.handle(event)
-
-    def _to_event(self, outcome: _Outcome,
-                  stage_contexts: Mapping[str, beam_exec.BundleContextManager],
-                  collector: ResultCollector) -> Event:
-        bundle = outcome.bundle
-        if outcome.error is not None:
-            where = "stage %s, bundle %s, attempt %d" % (
-                self._labels.get(bundle.stage, bundle.stage), bundle.id, bundle.attempt)
-            if outcome.lost:
-                return BundleFailed(bundle.id, "%s (%s)" % (outcome.error, where),
-                                    retriable=True, cause=outcome.error)
-            # The worker's error first: it names the user's exception and step.
-            message = "%s\n[GpuRunner: failed in %s]" % (
-                str(outcome.error).rstrip(), where)
-            return BundleFailed(bundle.id, message, retriable=False, cause=outcome.error)
-        assert outcome.result is not None
+    def _run(self) -> None:
+        plan = self.plan
+        context = JobContext(
+            plan.stages, plan.stage_context.components, plan.stage_context.safe_coders,
+            plan.stage_context.data_channel_coders, self._services,
+            self._services.register_process_bundle_descriptor, truncating_variant)
+        context.setup()   # rewrites data-channel payloads to our endpoints
+        bridge = BundleBridge(context, plan.streaming)
+        graph = plan.graph.with_pools(plan.pool_of_stage,
+                                      {p: spec.capacity for p, spec in plan.pools.items()})
+        engine = ElementManager(graph, self._clock, self._max_attempts,
+                                divider=PayloadDivider())
+        for stage_name, inputs in context.initial_inputs():
+            engine.add_initial(stage_name, dict(inputs))
+        script = build_script(context)
+        if script is not None:
+            engine.add_test_stream(script)
+        for pool_id, spec in plan.pools.items():
+            self._pools[pool_id] = WorkerPool(spec.key, spec.size, self._factory,
+                                              spec.bundles_per_worker)
+        utility = min(plan.pools.values(), key=lambda s: s.key.requirements.needs_gpu).key
+        self._services.set_utility_worker_factory(
+            lambda: self._factory.start(utility), self._factory.stop)
+        # One worker per pool that runs bundles starts now, so the first bundle
+        # of each stage does not wait for a process, imports, setup().
+        for pool_id in set(plan.pool_of_stage.values()):
+            self._pools[pool_id].prestart(1)
+        driver = Driver(engine, bridge,
+                        runner_stages(context, plan.graph.groupings, plan.graph.timings),
+                        self._pools, plan.pool_of_stage, plan.graph.labels, self._clock,
+                        on_result=self._record, observe=self._observe)
         with self._lock:
-            previous = self._monitoring.get(bundle.stage, [])
-            self._monitoring[bundle.stage] = list(consolidate(itertools.chain(
-                outcome.result.response.process_bundle.monitoring_infos, previous)))
-        return collector.to_event(bundle.id, self._context_for(bundle, stage_contexts),
-                                  outcome.result, outcome.inputs)
-
-    # ---- dispatch -----------------------------------------------------------
-
-    def _dispatch(self, bundle: Bundle, graph: StageGraph,
-                  stage_contexts: Mapping[str, beam_exec.BundleContextManager],
-                  tokens: Any) -> None:
-        if bundle.stage in self._groupings:
-            self._events.put(self._run_grouping(bundle))
-            return
-        if bundle.stage in self._timings:
-            self._events.put(self._run_timing(bundle))
-            return
-        bcm = self._context_for(bundle, stage_contexts)
-        inputs = self._build_inputs(bundle, graph, bcm)
-        timers = self._build_timers(bundle, bcm)
-        pool = self._pools[self._plan.pool_of_stage[bundle.stage]]
-        _LOG.debug("Dispatching %s (attempt %d) to pool %s", bundle.id, bundle.attempt,
-                   pool.key.describe())
-
-        pieces = split_grouped(graph.stage(bundle.stage), inputs, pool.size)
-        grouped = self._grouped.get(bundle.stage, {})
-
-        def attempt(piece: Mapping[str, beam_exec.PartitionableBuffer]
-                    ) -> Callable[[beam_wh.WorkerHandler], _Outcome]:
-            def run(worker: beam_wh.WorkerHandler) -> _Outcome:
-                try:
-                    result = run_attempt(bcm, worker, piece, timers, tokens,
-                                         grouped=grouped)
-                    return _Outcome(bundle, result=result, inputs=inputs)
-                except BaseException as exc:  # classified on the driver thread
-                    return _Outcome(bundle, inputs=inputs, error=exc,
-                                    lost=_worker_lost(worker, exc))
-            return run
-
-        # A grouped input may run as parts on several workers; the bundle's
-        # outcome is reported once every part is done.
-        outcomes: list[_Outcome] = []
-        lock = threading.Lock()
-
-        def report(f: Any) -> None:
-            try:
-                outcome = f.result()
-            except BaseException as exc:  # could not even get a worker
-                outcome = _Outcome(bundle, error=exc, lost=False)
-            with lock:
-                outcomes.append(outcome)
-                if len(outcomes) < len(pieces):
-                    return
-            self._events.put(_merge_outcomes(bundle, inputs, outcomes))
-
-        for piece in pieces:
-            pool.submit(attempt(piece)).add_done_callback(report)
-
-    def _context_for(self, bundle: Bundle,
-                     stage_contexts: Mapping[str, beam_exec.BundleContextManager]
-                     ) -> beam_exec.BundleContextManager:
-        """The stage's bundle context; for a draining bundle of a stage that
-        reads a splittable DoFn, the variant that truncates restrictions
-        (built and registered with the workers on first use)."""
-        bcm = stage_contexts[bundle.stage]
-        if not bundle.drain:
-            return bcm
-        if bundle.stage not in self._drain_contexts:
-            context = self._context
-            assert context is not None
-            variant = truncating_variant(bcm.stage, context.pipeline_components)
-            drain_bcm = None
-            if variant is not None:
-                drain_bcm = beam_exec.BundleContextManager(
-                    context, variant, bcm.num_workers, split_managers=())
-                self._registry.register_process_bundle_descriptor(
-                    drain_bcm.process_bundle_descriptor)
-                _LOG.info("Draining: stage %s truncates its restrictions from now on",
-                          self._labels.get(bundle.stage, bundle.stage))
-            self._drain_contexts[bundle.stage] = drain_bcm
-        return self._drain_contexts[bundle.stage] or bcm
-
-    def _run_grouping(self, bundle: Bundle) -> Event:
-        engine = self._engine
-        assert engine is not None
+            self._driver = driver
+            actions = self._lifecycle.execution_started()
+        self._notify()
+        if lifecycle.Action.CANCEL in actions:
+            driver.cancel()
+        if lifecycle.Action.DRAIN in actions:
+            driver.drain()
         try:
-            return self._groupings[bundle.stage].run(
-                bundle, engine.input_watermark(bundle.stage),
-                engine.watermark(bundle.stage), engine.now())
-        except Exception as exc:   # user windowing/trigger code, or a bad coder
-            return BundleFailed(bundle.id, "GroupByKey %s failed in bundle %s: %s: %s" % (
-                bundle.stage, bundle.id, type(exc).__name__, exc),
-                retriable=False, cause=exc)
+            driver.run()
+        finally:
+            self._observe(engine, force=True)
+            context.close()
 
-    def _run_timing(self, bundle: Bundle) -> Event:
-        engine = self._engine
-        assert engine is not None
-        try:
-            return self._timings[bundle.stage].run(
-                bundle, engine.watermark(bundle.stage), engine.now())
-        except Exception as exc:   # a coder that cannot take the pair
-            return BundleFailed(bundle.id, "PairWithTiming %s failed in bundle %s: %s: %s" % (
-                bundle.stage, bundle.id, type(exc).__name__, exc),
-                retriable=False, cause=exc)
+    def _record(self, bundle: Bundle, plan: AttemptPlan, result: AttemptResult) -> None:
+        """On the driver thread, for each successful attempt."""
+        counts = result.element_counts
+        with self._lock:
+            book = self._books.setdefault(bundle.stage, _StageBook())
+            book.monitoring = list(consolidate(
+                list(result.monitoring_infos) + book.monitoring))
+            book.elements_in += counts[0]
+            book.elements_out += counts[1]
+            book.bytes_in += sum(chunks.nbytes for chunks in plan.inputs.values())
+            book.bytes_out += result.bytes_out
+            book.workers.add(result.worker_id)
 
-    def _build_inputs(self, bundle: Bundle, graph: StageGraph,
-                      bcm: beam_exec.BundleContextManager
-                      ) -> dict[str, beam_exec.PartitionableBuffer]:
-        spec = graph.stage(bundle.stage)
-        inputs: dict[str, beam_exec.PartitionableBuffer] = {}
-        for input_spec in spec.inputs:
-            transform = input_spec.transform
-            payloads = bundle.inputs.get(transform, ())
-            grouped = (input_spec.buffer.startswith("group:")
-                       and not any(isinstance(p, ResidualBuffer) for p in payloads))
-            if grouped:
-                buffer_id = input_spec.buffer.encode("utf-8")
-                grouping = bcm.get_buffer(buffer_id, transform)
-                # get_buffer caches it in the shared context; this one is ours.
-                bcm.execution_context.pcoll_buffers.pop(buffer_id, None)
-                for payload in payloads:
-                    if isinstance(payload, ArrivingGroups):
-                        grouping.extend(payload)   # grouped on arrival
-                        continue
-                    for chunk in payload:
-                        grouping.append(chunk)
-                inputs[transform] = grouping
-            else:
-                merged = beam_exec.ListBuffer(
-                    None if input_spec.buffer == IMPULSE else bcm.get_input_coder_impl(transform))
-                for payload in payloads:
-                    for chunk in payload:
-                        merged.append(chunk)
-                inputs[transform] = merged
-        return inputs
-
-    def _build_timers(self, bundle: Bundle, bcm: beam_exec.BundleContextManager
-                      ) -> dict[tuple[str, str], beam_exec.PartitionableBuffer]:
-        timers: dict[tuple[str, str], beam_exec.PartitionableBuffer] = {}
-        for family_key, payloads in bundle.timers.items():
-            transform_id, family = split_timer_family_key(family_key)
-            merged = beam_exec.ListBuffer(bcm.get_timer_coder_impl(transform_id, family))
-            for payload in payloads:   # one encoded timer each
-                merged.append(payload)
-            timers[(transform_id, family)] = merged
-        return timers
-
-    @staticmethod
-    def _grouped_outputs(context: beam_exec.FnApiRunnerExecutionContext,
-                         stage_contexts: Mapping[str, beam_exec.BundleContextManager]
-                         ) -> dict[str, dict[bytes, GroupsFactory]]:
-        """Per stage, the GroupByKey inputs it writes that are grouped as they
-        arrive (``execution.arriving``): those that go to their consumer whole."""
-        factories: dict[bytes, Optional[GroupsFactory]] = {}
-        grouped: dict[str, dict[bytes, GroupsFactory]] = {}
-        for stage_name, bcm in stage_contexts.items():
-            for buffer_id in set(bcm.stage_data_outputs.values()):
-                if not buffer_id.startswith(b"group:"):
-                    continue
-                if buffer_id not in factories:
-                    factories[buffer_id] = groups_factory(context, buffer_id)
-                factory = factories[buffer_id]
-                if factory is not None:
-                    grouped.setdefault(stage_name, {})[buffer_id] = factory
-        return grouped
-
-    def _split_parts(self, graph: StageGraph) -> dict[str, int]:
-        """Cut stream outputs into as many pieces as the consumer pool has workers."""
-        parts: dict[str, int] = {}
-        for stage in graph.stages:
-            if stage.name not in self._plan.pool_of_stage:
-                continue   # runner-side (streaming GroupByKey, PairWithTiming)
-            size = self._plan.pool_sizes.get(self._plan.pool_of_stage[stage.name], 1)
-            for input_spec in stage.inputs:
-                if input_spec.kind is InputKind.STREAM and not stage.stateful:
-                    parts[input_spec.buffer] = max(parts.get(input_spec.buffer, 1), size)
-        return parts
-
-    @staticmethod
-    def _initial_inputs(context: beam_exec.FnApiRunnerExecutionContext
-                        ) -> list[tuple[str, dict[str, tuple[Any, ...]]]]:
-        """The impulses Beam's context.setup() queued, taken over by our engine."""
-        initial = []
-        queues = context.queues
-        while len(queues.ready_inputs):
-            stage_name, data_input = queues.ready_inputs.deque()
-            initial.append((stage_name, {k: (v,) for k, v in data_input.data.items()}))
-        while len(queues.watermark_pending_inputs):
-            (stage_name, _), data_input = queues.watermark_pending_inputs.deque()
-            initial.append((stage_name, {k: (v,) for k, v in data_input.data.items()}))
-        return initial
+    def _observe(self, engine: ElementManager, force: bool = False) -> None:
+        """On the driver thread: publish the engine's counts for status()."""
+        now = time.monotonic()
+        if not force and now - self._snapshot_at < _SNAPSHOT_S:
+            return
+        snapshot = {s.name: engine.stage_stats(s.name) for s in engine.graph.stages}
+        with self._lock:
+            self._snapshot = snapshot
+            self._snapshot_at = now
 
     def _close(self) -> None:
         pools = list(self._pools.values())
@@ -491,40 +262,108 @@ class Job:
             t.start()
         for t in threads:
             t.join()
-        self._registry.close()
-        # A finished job keeps no execution context: it holds the job's
-        # buffers and Beam's merging-window handles (a leak per job otherwise).
-        self._context = None
-        self._drain_contexts.clear()
-        self._grouped.clear()
-        self._groupings.clear()
-        self._timings.clear()
+        self._services.close()
+        self._driver = None
+
+    # ---- what it did ------------------------------------------------------------------
+
+    def monitoring_infos_by_stage(self) -> dict[str, list[Any]]:
+        with self._lock:
+            return {stage: list(book.monitoring) for stage, book in self._books.items()}
+
+    def status(self) -> JobStatus:
+        plan = self.plan
+        with self._lock:
+            snapshot = dict(self._snapshot)
+            books = {k: (b.elements_in, b.elements_out, b.bytes_in, b.bytes_out,
+                         tuple(sorted(b.workers))) for k, b in self._books.items()}
+            state = self._lifecycle.state
+        stages = []
+        for spec in plan.graph.specs:
+            stats = snapshot.get(spec.name)
+            e_in, e_out, b_in, b_out, workers = books.get(spec.name, (0, 0, 0, 0, ()))
+            pool = plan.pool_of_stage.get(spec.name)
+            stages.append(StageStatus(
+                name=spec.name, label=plan.graph.labels.get(spec.name, spec.name),
+                transforms=tuple(plan.graph.transforms.get(spec.name, ())),
+                hint=plan.hints.get(spec.name, ""),
+                pool=plan.pools[pool].key.describe() if pool else "",
+                runner_side=pool is None, workers=workers,
+                elements_in=e_in, elements_out=e_out, bytes_in=b_in, bytes_out=b_out,
+                bundles_running=stats.in_flight if stats else 0,
+                bundles_done=stats.done if stats else 0,
+                bundles_retried=stats.retried if stats else 0,
+                bundles_split=stats.split if stats else 0,
+                input_watermark=_watermark(stats.input_watermark) if stats else None,
+                output_watermark=_watermark(stats.output_watermark) if stats else None))
+        error = self.error if state == lifecycle.FAILED else None
+        return JobStatus(
+            job_id=plan.job_id, name=plan.name, state=state, start_time=self.started_at,
+            end_time=self.ended_at, streaming=plan.streaming, options=dict(plan.options),
+            stages=tuple(stages), edges=_edges(plan.graph), workers=self._workers(),
+            metrics=self._user_metrics(), error=str(error) if error else None,
+            traceback="".join(traceback.format_exception(error)) if error else None)
+
+    def _workers(self) -> tuple[WorkerStatus, ...]:
+        out = []
+        for pool in list(self._pools.values()):
+            for worker in pool.workers():
+                process = worker.process
+                out.append(WorkerStatus(
+                    worker_id=worker.worker_id, pool=pool.key.describe(),
+                    host=getattr(process, "node_ip", None) or "localhost",
+                    pid=getattr(process, "pid", None),
+                    devices=tuple(self._factory_devices(worker.worker_id)),
+                    state="lost" if worker.lost else "running"))
+        return tuple(out)
+
+    def _factory_devices(self, worker_id: str) -> list[str]:
+        devices_of = getattr(self._factory, "devices_of", None)
+        return list(devices_of(worker_id)) if devices_of is not None else []
+
+    def _user_metrics(self) -> tuple[MetricStatus, ...]:
+        results = FnApiMetrics(self.monitoring_infos_by_stage(),
+                               user_metrics_only=True).query()
+        out = []
+        for kind, items in (("counter", results["counters"]),
+                            ("distribution", results["distributions"]),
+                            ("gauge", results["gauges"]),
+                            ("string_set", results.get("string_sets", []))):
+            for item in items:
+                value = item.committed if item.committed is not None else item.attempted
+                out.append(MetricStatus(
+                    namespace=item.key.metric.namespace, name=item.key.metric.name,
+                    kind=kind, step=item.key.step, value=_metric_value(kind, value)))
+        return tuple(out)
 
 
-def _merge_outcomes(bundle: Bundle, inputs: Mapping[str, beam_exec.PartitionableBuffer],
-                    outcomes: list[_Outcome]) -> _Outcome:
-    if len(outcomes) == 1:
-        return outcomes[0]
-    failed = [o for o in outcomes if o.error is not None]
-    if failed:   # the worker's own error first; lost only if that is all
-        first = next((o for o in failed if not o.lost), failed[0])
-        return _Outcome(bundle, inputs=inputs, error=first.error, lost=first.lost)
-    return _Outcome(bundle, result=merge_results([o.result for o in outcomes
-                                                   if o.result is not None]),
-                    inputs=inputs)
+def _watermark(micros: int) -> Optional[int]:
+    return None if micros <= MIN_TIMESTAMP else micros
 
 
-def _worker_lost(worker: beam_wh.WorkerHandler, exc: BaseException) -> bool:
-    if isinstance(exc, WorkerLostError) or getattr(worker, "lost", None):
-        return True
-    process = getattr(worker, "process", None)
-    if process is None:
-        return False
-    # The data channel may break a moment before the watcher sees the exit.
-    wait = getattr(process, "wait", None)
-    if wait is not None:
-        wait(1.0)
-    return not process.is_alive()
+def _edges(graph: JobGraph) -> tuple[tuple[str, str], ...]:
+    producers: dict[str, list[str]] = {}
+    for spec in graph.specs:
+        for buffer in spec.outputs:
+            producers.setdefault(buffer, []).append(spec.name)
+    edges = set()
+    for spec in graph.specs:
+        for buffer in [i.buffer for i in spec.inputs] + list(spec.side_inputs):
+            for producer in producers.get(buffer, ()):
+                edges.add((producer, spec.name))
+    return tuple(sorted(edges))
 
 
-__all__ = ["Job", "JobPlan"]
+def _metric_value(kind: str, value: Any) -> Any:
+    if kind == "distribution" and value is not None:
+        return {"count": value.count, "sum": value.sum, "min": value.min,
+                "max": value.max, "mean": value.mean}
+    if kind == "gauge" and value is not None:
+        return {"value": value.value, "timestamp": float(value.timestamp)
+                if value.timestamp is not None else None}
+    if kind == "string_set" and value is not None:
+        return sorted(value)
+    return value
+
+
+__all__ = ["GpuJob", "JobPlan", "PoolSpec"]

@@ -94,11 +94,11 @@ class GpuRunnerExecutor:
         runner_module: Any = importlib.import_module("beam_gpu_runner.runner")
         from apache_beam.portability.api import beam_provision_api_pb2
         from apache_beam.runners.job import utils as job_utils
-        from apache_beam.runners.portability.fn_api_runner import fn_runner
+        from beam_gpu_runner.bridge.beam import ExtendedProvisionInfo
         struct = job_utils.dict_to_struct({
             "beam:option:%s:v1" % k: v
             for k, v in runner_module.portable_options(options).items()})
-        provision = fn_runner.ExtendedProvisionInfo(
+        provision = ExtendedProvisionInfo(
             beam_provision_api_pb2.ProvisionInfo(
                 retrieval_token="unused-retrieval-token", pipeline_options=struct),
             staged_artifacts_dir, job_name=job_name)

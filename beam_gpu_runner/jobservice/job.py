@@ -1,16 +1,13 @@
-"""One job of the job server: its state machine, state history and message log.
+"""One job of the job server: its state history and message log.
 
-States follow Beam's Job API (``beam_job_api_pb2.JobState``)::
+The job's state decisions are the shared lifecycle state machine's
+(``beam_gpu_runner.lifecycle``, also used by GpuRunner's own jobs): this
+module records every state it goes through as a Job API ``JobState`` with a
+timestamp, keeps the job's messages, and carries out what the lifecycle says
+on the executor's result (cancel it, drain it)::
 
     STOPPED -> STARTING -> RUNNING -> DONE | FAILED | CANCELLING -> CANCELLED
                                    -> DRAINING -> DRAINED
-
-``STOPPED`` is a prepared job that was not run yet. A job may also fail or be
-cancelled while ``STARTING``, and a ``CANCELLING`` job may still end ``DONE``
-or ``FAILED`` when it finished before the cancel took effect. A draining job
-(its sources stopped, finishing what they read) ends ``DRAINED``, also when its
-executor reports ``DONE``; it may still fail or be cancelled. Terminal states
-(``DONE``, ``FAILED``, ``CANCELLED``, ``DRAINED``, ``UPDATED``) never change.
 
 Everything a client streams (``GetStateStream``, ``GetMessageStream``) is read
 from this object's history, so a stream opened late still sees every state
@@ -29,33 +26,14 @@ from apache_beam.portability.api import beam_job_api_pb2, beam_runner_api_pb2
 from apache_beam.utils.timestamp import Timestamp
 from google.protobuf import struct_pb2
 
+import beam_gpu_runner.lifecycle as lifecycle
 from beam_gpu_runner.jobservice.executor import JobResult
 
-_LOGGER = logging.getLogger(__name__)
+_LOG = logging.getLogger(__name__)
 
 JobState = beam_job_api_pb2.JobState
 JobMessage = beam_job_api_pb2.JobMessage
 
-TERMINAL_STATES = frozenset([
-    JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.DRAINED,
-    JobState.UPDATED,
-])
-
-# Allowed transitions. Anything else is a bug in the caller.
-TRANSITIONS: dict[int, frozenset[int]] = {
-    JobState.STOPPED: frozenset([JobState.STARTING, JobState.CANCELLED]),
-    JobState.STARTING: frozenset([
-        JobState.RUNNING, JobState.FAILED, JobState.CANCELLING,
-        JobState.CANCELLED, JobState.DONE, JobState.DRAINING]),
-    JobState.RUNNING: frozenset([
-        JobState.DONE, JobState.FAILED, JobState.CANCELLING, JobState.CANCELLED,
-        JobState.DRAINING, JobState.DRAINED, JobState.UPDATED]),
-    JobState.DRAINING: frozenset([
-        JobState.DRAINED, JobState.FAILED, JobState.CANCELLING,
-        JobState.CANCELLED]),
-    JobState.CANCELLING: frozenset([
-        JobState.CANCELLED, JobState.FAILED, JobState.DONE]),
-}
 
 # Beam PipelineState strings that a JobResult may report, mapped to JobState.
 _PIPELINE_STATE_TO_JOB_STATE: dict[str, int] = {
@@ -85,6 +63,14 @@ def state_name(state: int) -> str:
 
 def is_terminal(state: int) -> bool:
     return state in TERMINAL_STATES
+
+
+def job_state(name: str) -> int:
+    """The Job API's JobState number of a lifecycle state name."""
+    return int(JobState.Enum.Value(name))
+
+
+TERMINAL_STATES = frozenset(job_state(name) for name in lifecycle.TERMINAL)
 
 
 def job_state_of(pipeline_state: object) -> int:
@@ -156,8 +142,7 @@ class Job:
         self._dropped = 0
         self._next_message_id = 1
         self._result: Optional[JobResult] = None
-        self._cancel_requested = False
-        self._drain_requested = False
+        self._lifecycle = lifecycle.Lifecycle(job=job_id)
         self._thread: Optional[threading.Thread] = None
 
     # -- state ---------------------------------------------------------------
@@ -180,27 +165,18 @@ class Job:
         with self._cond:
             return self._result
 
-    def set_state(self, new_state: int) -> bool:
-        """Move to ``new_state``; False when already there; raise when not allowed."""
-        with self._cond:
-            current = self._states[-1].state
-            if new_state == current:
-                return False
-            if new_state not in TRANSITIONS.get(current, frozenset()):
-                raise InvalidTransitionError(self.job_id, current, new_state)
-            event = StateEvent(new_state, Timestamp.now())
+    def _sync(self) -> None:
+        """Record the lifecycle's new states (call with ``_cond`` held)."""
+        for name in self._lifecycle.history[len(self._states):]:
+            event = StateEvent(job_state(name), Timestamp.now())
             self._states.append(event)
             self._append_log(event)
-            self._cond.notify_all()
-        _LOGGER.info("Job %s is %s", self.job_id, state_name(new_state))
-        return True
+            _LOG.info("Job %s is %s", self.job_id, name)
+        self._cond.notify_all()
 
-    def _try_set_state(self, new_state: int) -> None:
-        """set_state for the job's own thread, which races with cancel."""
-        try:
-            self.set_state(new_state)
-        except InvalidTransitionError as exc:
-            _LOGGER.debug("Ignoring %s", exc)
+    def _refused(self, exc: lifecycle.LifecycleError, wanted: int
+                 ) -> "InvalidTransitionError":
+        return InvalidTransitionError(self.job_id, job_state(exc.state), wanted)
 
     # -- messages ------------------------------------------------------------
 
@@ -275,7 +251,12 @@ class Job:
         thread then waits for the result and records the final state, then
         calls ``on_end`` (e.g. to remove the job's staged files).
         """
-        self.set_state(JobState.STARTING)
+        with self._cond:
+            try:
+                self._lifecycle.start()
+            except lifecycle.LifecycleError as exc:
+                raise self._refused(exc, JobState.STARTING) from None
+            self._sync()
         self._thread = threading.Thread(
             target=self._drive_then, args=(launch, on_end), name="job-%s" % self.job_id,
             daemon=True)
@@ -290,71 +271,71 @@ class Job:
                 try:
                     on_end()
                 except Exception:
-                    _LOGGER.warning("Clean-up after job %s failed", self.job_id,
-                                    exc_info=True)
+                    _LOG.warning("Clean-up after job %s failed", self.job_id,
+                                 exc_info=True)
 
     def _drive(self, launch: Callable[[], JobResult]) -> None:
         try:
             result = launch()
         except Exception:  # the executor refused or crashed
             with self._cond:
-                cancelled = self._cancel_requested
+                cancelled = self._lifecycle.cancel_requested
             if cancelled:
-                _LOGGER.info("Job %s was cancelled while starting; its start "
-                             "raised", self.job_id, exc_info=True)
-                self._try_set_state(JobState.CANCELLED)
+                _LOG.info("Job %s was cancelled while starting; its start raised",
+                          self.job_id, exc_info=True)
             else:
-                self._fail("could not start job %s" % self.job_id)
+                self._fail_message("could not start job %s" % self.job_id)
+            self._finish(lifecycle.FAILED)
             return
         with self._cond:
             self._result = result
-            cancel_now = self._cancel_requested
-            drain_now = self._drain_requested and not cancel_now
-        if cancel_now:
-            self._cancel_result(result)
-        elif drain_now:   # asked while it was starting
-            self._try_set_state(JobState.DRAINING)
-            self._drain_result(result)
-        else:
-            self._try_set_state(JobState.RUNNING)
+            actions = self._lifecycle.execution_started()
+            self._sync()
+        self._act(result, actions)
         try:
             final = result.wait_until_finish()
-            state = job_state_of(final if final is not None else result.state)
+            name = state_name(job_state_of(final if final is not None else result.state))
         except Exception:
             with self._cond:
-                cancelled = self._cancel_requested
-            if cancelled:
-                state = JobState.CANCELLED
-            else:
-                self._fail("job %s failed" % self.job_id)
-                return
-        if not is_terminal(state):
+                cancelled = self._lifecycle.cancel_requested
+            if not cancelled:
+                self._fail_message("job %s failed" % self.job_id)
+            self._finish(lifecycle.FAILED)
+            return
+        if not lifecycle.is_terminal(name):
             # A result that returns before it ends is a broken executor.
-            state = job_state_of(result.state)
-            if not is_terminal(state):
-                self._fail("job %s: executor result returned from "
-                           "wait_until_finish() in state %s" % (
-                               self.job_id, state_name(state)),
-                           with_traceback=False)
+            name = state_name(job_state_of(result.state))
+            if not lifecycle.is_terminal(name):
+                self._fail_message("job %s: executor result returned from "
+                                   "wait_until_finish() in state %s" % (self.job_id, name),
+                                   with_traceback=False)
+                self._finish(lifecycle.FAILED)
                 return
-        with self._cond:
-            cancelled = self._cancel_requested
-            drained = self._drain_requested
-        if state == JobState.FAILED and cancelled:
-            state = JobState.CANCELLED  # failing while being stopped is stopping
-        if state == JobState.DONE and drained and not cancelled:
-            state = JobState.DRAINED    # it finished what it had read
-        if state == JobState.FAILED:
+        if name == lifecycle.FAILED:
             self.add_message("job %s failed (the executor reported FAILED)"
                              % self.job_id, JobMessage.JOB_MESSAGE_ERROR)
-        self._try_set_state(state)
+        # An executor's DRAINED is the end of a drain: DONE after one.
+        self._finish(lifecycle.DONE if name in (lifecycle.DRAINED, lifecycle.UPDATED)
+                     else name)
 
-    def _fail(self, text: str, with_traceback: bool = True) -> None:
-        _LOGGER.error("%s", text, exc_info=with_traceback)
+    def _finish(self, outcome: str) -> None:
+        with self._cond:
+            self._lifecycle.finished(outcome)
+            self._sync()
+
+    def _fail_message(self, text: str, with_traceback: bool = True) -> None:
+        _LOG.error("%s", text, exc_info=with_traceback)
         if with_traceback:
             text = "%s:\n%s" % (text, traceback.format_exc())
         self.add_message(text, JobMessage.JOB_MESSAGE_ERROR)
-        self._try_set_state(JobState.FAILED)
+
+    def _act(self, result: Optional[JobResult], actions: list[lifecycle.Action]) -> None:
+        if result is None:
+            return
+        if lifecycle.Action.CANCEL in actions:
+            self._cancel_result(result)
+        if lifecycle.Action.DRAIN in actions:
+            self._drain_result(result)
 
     def cancel(self) -> int:
         """Ask the job to stop; return the state after asking.
@@ -362,19 +343,13 @@ class Job:
         Raises ``InvalidTransitionError`` when the job already ended.
         """
         with self._cond:
-            current = self._states[-1].state
-            if is_terminal(current):
-                raise InvalidTransitionError(self.job_id, current, JobState.CANCELLED)
-            if current == JobState.STOPPED:  # prepared, never run
-                self.set_state(JobState.CANCELLED)
-                return JobState.CANCELLED
-            already = self._cancel_requested
-            self._cancel_requested = True
+            try:
+                actions = self._lifecycle.cancel()
+            except lifecycle.LifecycleError as exc:
+                raise self._refused(exc, JobState.CANCELLED) from None
             result = self._result
-            if current != JobState.CANCELLING:
-                self.set_state(JobState.CANCELLING)
-        if result is not None and not already:
-            self._cancel_result(result)
+            self._sync()
+        self._act(result, actions)
         return self.state
 
     def drain(self) -> int:
@@ -387,19 +362,16 @@ class Job:
         when its executor's result has no ``drain()``.
         """
         with self._cond:
-            current = self._states[-1].state
-            if current == JobState.DRAINING:
-                return current
-            if is_terminal(current) or current in (JobState.STOPPED, JobState.CANCELLING):
-                raise InvalidTransitionError(self.job_id, current, JobState.DRAINING)
             result = self._result
-            if result is not None and not callable(getattr(result, "drain", None)):
+            if (result is not None and not lifecycle.is_terminal(self._lifecycle.state)
+                    and not callable(getattr(result, "drain", None))):
                 raise DrainUnsupportedError(self.job_id, type(result).__name__)
-            self._drain_requested = True
-            if result is not None:
-                self.set_state(JobState.DRAINING)
-        if result is not None:
-            self._drain_result(result)
+            try:
+                actions = self._lifecycle.drain()
+            except lifecycle.LifecycleError as exc:
+                raise self._refused(exc, JobState.DRAINING) from None
+            self._sync()
+        self._act(result, actions)
         return self.state
 
     def _drain_result(self, result: JobResult) -> None:
@@ -411,7 +383,7 @@ class Job:
         try:
             drain()
         except Exception as exc:   # e.g. it ended meanwhile: its state says how
-            _LOGGER.warning("Drain of job %s raised: %s", self.job_id, exc, exc_info=True)
+            _LOG.warning("Drain of job %s raised: %s", self.job_id, exc, exc_info=True)
             self.add_message("drain of job %s raised: %s" % (self.job_id, exc),
                              JobMessage.JOB_MESSAGE_WARNING)
 
@@ -419,8 +391,8 @@ class Job:
         try:
             result.cancel()
         except Exception as exc:
-            _LOGGER.warning("Cancel of job %s raised: %s", self.job_id, exc,
-                            exc_info=True)
+            _LOG.warning("Cancel of job %s raised: %s", self.job_id, exc,
+                         exc_info=True)
             self.add_message("cancel of job %s raised: %s" % (self.job_id, exc),
                              JobMessage.JOB_MESSAGE_WARNING)
 

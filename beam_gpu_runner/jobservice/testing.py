@@ -76,8 +76,8 @@ def options_struct(options: PipelineOptions) -> struct_pb2.Struct:
 
 def _provision_info(options: PipelineOptions, job_name: str,
                     staged_artifacts_dir: Optional[str]) -> Any:
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    return fn_runner.ExtendedProvisionInfo(
+    from beam_gpu_runner.bridge.beam import ExtendedProvisionInfo
+    return ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=options_struct(options)),
         staged_artifacts_dir, job_name=job_name)
 
@@ -86,8 +86,8 @@ def run_on_fn_api_runner(pipeline_proto: beam_runner_api_pb2.Pipeline,
                          options: PipelineOptions, job_name: str,
                          staged_artifacts_dir: Optional[str]) -> PipelineResult:
     """Run to completion on Beam's FnApiRunner (blocking)."""
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    runner = fn_runner.FnApiRunner(
+    from beam_gpu_runner.bridge.beam import FnApiRunner
+    runner = FnApiRunner(
         provision_info=_provision_info(options, job_name, staged_artifacts_dir))
     result: PipelineResult = runner.run_via_runner_api(pipeline_proto, options)
     return result

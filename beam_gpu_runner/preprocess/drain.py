@@ -17,16 +17,14 @@ from typing import Optional
 
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
-from apache_beam.runners.portability.fn_api_runner import translations
-from apache_beam.runners.worker import bundle_processor
+from beam_gpu_runner.bridge.beam import DATA_INPUT_URN, Stage, unique_name
 
 PROCESS_URN = common_urns.sdf_components.PROCESS_SIZED_ELEMENTS_AND_RESTRICTIONS.urn
 TRUNCATE_URN = common_urns.sdf_components.TRUNCATE_SIZED_RESTRICTION.urn
 
 
-def truncating_variant(stage: translations.Stage,
-                       components: beam_runner_api_pb2.Components
-                       ) -> Optional[translations.Stage]:
+def truncating_variant(stage: Stage, components: beam_runner_api_pb2.Components
+                       ) -> Optional[Stage]:
     """``stage`` with a truncate step before each SDF Process that reads one of
     its data inputs, or None when it has none (or truncates already: fused
     with ``is_drain``). Adds the truncate outputs' PCollections to
@@ -34,7 +32,7 @@ def truncating_variant(stage: translations.Stage,
     if any(t.spec.urn == TRUNCATE_URN for t in stage.transforms):
         return None
     read_outputs = {
-        pcoll for t in stage.transforms if t.spec.urn == bundle_processor.DATA_INPUT_URN
+        pcoll for t in stage.transforms if t.spec.urn == DATA_INPUT_URN
         for pcoll in t.outputs.values()}
     names = {t.unique_name for t in stage.transforms}
     transforms: list[beam_runner_api_pb2.PTransform] = []
@@ -45,13 +43,13 @@ def truncating_variant(stage: translations.Stage,
             transforms.append(transform)
             continue
         read_pcoll = transform.inputs[main_tag]
-        truncated = translations.unique_name(
+        truncated = unique_name(
             components.pcollections, read_pcoll + "_truncate_restriction")
         components.pcollections[truncated].CopyFrom(components.pcollections[read_pcoll])
         truncate = beam_runner_api_pb2.PTransform()
         truncate.CopyFrom(transform)
         truncate.spec.urn = TRUNCATE_URN
-        truncate.unique_name = translations.unique_name(
+        truncate.unique_name = unique_name(
             names, _base_name(transform.unique_name) + "/TruncateAndSizeRestriction")
         names.add(truncate.unique_name)
         truncate.outputs.clear()
@@ -63,7 +61,7 @@ def truncating_variant(stage: translations.Stage,
         changed = True
     if not changed:
         return None
-    return translations.Stage(
+    return Stage(
         stage.name, transforms, stage.downstream_side_inputs, stage.must_follow,
         parent=stage.parent, environment=stage.environment)
 

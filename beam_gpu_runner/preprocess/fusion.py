@@ -6,18 +6,17 @@ from typing import Iterable, Iterator
 
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
-from apache_beam.runners.portability.fn_api_runner import translations
-
-from beam_gpu_runner.preprocess.reverse_test_stream import reverse_test_stream_dofns
+from beam_gpu_runner.bridge import beam
+from beam_gpu_runner.bridge.beam import Stage, TransformContext
+from beam_gpu_runner.bridge.reverse_test_stream import reverse_test_stream_dofns
 from beam_gpu_runner.preprocess.stage_graph import is_streaming
 from beam_gpu_runner.preprocess.test_stream import (
     test_stream_to_input, windowed_test_stream_coders)
 from beam_gpu_runner.preprocess.timing import pair_with_timing_to_runner
 
 
-def keep_timestamped_combiners_unlifted(stages: Iterable[translations.Stage],
-                                        context: translations.TransformContext
-                                        ) -> Iterator[translations.Stage]:
+def keep_timestamped_combiners_unlifted(stages: Iterable[Stage], context: TransformContext
+                                        ) -> Iterator[Stage]:
     """In a streaming pipeline, a CombinePerKey whose windowing combines output
     timestamps (OUTPUT_AT_EARLIEST / LATEST) is expanded, not lifted.
 
@@ -52,7 +51,7 @@ def keep_timestamped_combiners_unlifted(stages: Iterable[translations.Stage],
             yield stage
             continue
         for sub in transform.subtransforms:
-            yield translations.Stage(
+            yield Stage(
                 components.transforms[sub].unique_name, [components.transforms[sub]],
                 downstream_side_inputs=stage.downstream_side_inputs,
                 must_follow=stage.must_follow, parent=stage.name,
@@ -63,31 +62,31 @@ def keep_timestamped_combiners_unlifted(stages: Iterable[translations.Stage],
 #: environments differ, and each distinct set of resource hints is its own
 #: environment, so hinted transforms land in their own stages.
 PHASES = (
-    translations.annotate_downstream_side_inputs,
-    translations.fix_side_input_pcoll_coders,
-    translations.pack_combiners,
+    beam.PHASES["annotate_downstream_side_inputs"],
+    beam.PHASES["fix_side_input_pcoll_coders"],
+    beam.PHASES["pack_combiners"],
     keep_timestamped_combiners_unlifted,
-    translations.lift_combiners,
-    translations.expand_sdf,
-    translations.expand_gbk,
+    beam.PHASES["lift_combiners"],
+    beam.PHASES["expand_sdf"],
+    beam.PHASES["expand_gbk"],
     reverse_test_stream_dofns,
     pair_with_timing_to_runner,
-    translations.sink_flattens,
-    translations.greedily_fuse,
-    translations.read_to_impulse,
-    translations.impulse_to_input,
+    beam.PHASES["sink_flattens"],
+    beam.PHASES["greedily_fuse"],
+    beam.PHASES["read_to_impulse"],
+    beam.PHASES["impulse_to_input"],
     test_stream_to_input,
-    translations.sort_stages,
-    translations.add_impulse_to_dangling_transforms,
-    translations.setup_timer_mapping,
-    translations.populate_data_channel_coders,
+    beam.PHASES["sort_stages"],
+    beam.PHASES["add_impulse_to_dangling_transforms"],
+    beam.PHASES["setup_timer_mapping"],
+    beam.PHASES["populate_data_channel_coders"],
     windowed_test_stream_coders,
 )
 
 
 def fuse(pipeline_proto: beam_runner_api_pb2.Pipeline, is_drain: bool = False
-         ) -> tuple[translations.TransformContext, list[translations.Stage]]:
-    return translations.create_and_optimize_stages(
+         ) -> tuple[TransformContext, list[Stage]]:
+    return beam.create_and_optimize_stages(
         copy.deepcopy(pipeline_proto),
         phases=list(PHASES),
         known_runner_urns=frozenset([

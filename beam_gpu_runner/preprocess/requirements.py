@@ -4,9 +4,8 @@ from __future__ import annotations
 import copy
 
 from apache_beam.portability.api import beam_runner_api_pb2
-from apache_beam.runners.portability.fn_api_runner import fn_runner
-
-from beam_gpu_runner.preprocess.test_stream import test_streams
+from beam_gpu_runner.bridge.beam import check_requirements as beam_checks
+from beam_gpu_runner.bridge.test_stream import test_streams
 
 
 def check_requirements(pipeline_proto: beam_runner_api_pb2.Pipeline) -> None:
@@ -18,6 +17,4 @@ def check_requirements(pipeline_proto: beam_runner_api_pb2.Pipeline) -> None:
         checked = copy.deepcopy(pipeline_proto)
         for transform_id in streams:
             del checked.components.transforms[transform_id]
-    checker = fn_runner.FnApiRunner()
-    checker._validate_requirements(pipeline_proto)
-    checker._check_requirements(checked)
+    beam_checks(pipeline_proto, checked)

@@ -1,24 +1,29 @@
-"""Beam's fused stages -> the engine's string-id StageGraph."""
+"""Beam's fused stages -> the engine's string-id stage graph, with labels.
+
+Each fused stage becomes a ``StageSpec`` whose inputs and outputs are the
+text of their ``BufferId``s. A streaming job gets a runner-side grouping stage
+per GroupByKey (between its writers and its reader), and every job a
+runner-side stage per PairWithTiming. Pools are not known here: the runner
+assigns them (``JobGraph.with_pools``).
+"""
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Mapping, Sequence
 
 from apache_beam.portability.api import beam_runner_api_pb2
-from apache_beam.runners.portability.fn_api_runner import translations
-from apache_beam.runners.worker import bundle_processor
 from apache_beam.utils import proto_utils
 
+from beam_gpu_runner.bridge.beam import (
+    DATA_INPUT_URN, DATA_OUTPUT_URN, IMPULSE_BUFFER, PAR_DO_URNS, Stage, create_buffer_id)
+from beam_gpu_runner.bridge.buffers import BufferId, BufferKind
+from beam_gpu_runner.bridge.bundles import timer_family_key
+from beam_gpu_runner.bridge.reverse_test_stream import unheld_timer_families
+from beam_gpu_runner.bridge.runner_stages import (
+    GROUPING_EVENT_TIMERS, GROUPING_PROCESSING_TIMERS)
 from beam_gpu_runner.engine.graph import (
     InputKind, InputSpec, StageGraph, StageSpec, TimerFamily)
-from beam_gpu_runner.preprocess.reverse_test_stream import unheld_timer_families
-from beam_gpu_runner.preprocess.timing import timing_spec, timing_transforms
-
-IMPULSE = translations.IMPULSE_BUFFER.decode("ascii")
-
-#: Streaming GroupByKey runs runner-side, as a stage of its own with these
-#: timer families (Beam's trigger driver: event- and processing-time timers).
-GROUPING_EVENT_TIMERS = "event"
-GROUPING_PROCESSING_TIMERS = "processing"
+from beam_gpu_runner.preprocess.timing import read_buffer, timing_spec, timing_transforms
 
 
 def is_streaming(components: beam_runner_api_pb2.Components) -> bool:
@@ -27,51 +32,43 @@ def is_streaming(components: beam_runner_api_pb2.Components) -> bool:
     return any(pc.is_bounded == unbounded for pc in components.pcollections.values())
 
 
-def grouping_stage(group_buffer: str) -> str:
-    """The runner-side stage that groups ``group_buffer`` with triggers."""
-    return "gbk[%s]" % group_buffer
+def grouping_stage(buffer: BufferId) -> str:
+    """The runner-side stage that groups ``buffer`` with triggers."""
+    return "gbk[%s]" % buffer
 
 
-def grouped_buffer(group_buffer: str) -> str:
-    """What the runner-side grouping stage writes for the consumer."""
-    return "grouped:%s" % group_buffer.split(":", 1)[1]
+def _data_input_kind(buffer: BufferId, streaming: bool) -> tuple[InputKind, BufferId]:
+    if buffer.kind is BufferKind.IMPULSE:
+        return InputKind.IMPULSE, buffer
+    if buffer.kind is BufferKind.GROUP:
+        # Streaming: fed, pane by pane, by the runner-side grouping stage.
+        return (InputKind.STREAM, buffer.grouped()) if streaming else (
+            InputKind.BARRIER, buffer)
+    return InputKind.STREAM, buffer
 
 
-def buffer_name(buffer_id: bytes) -> str:
-    return buffer_id.decode("utf-8")
+def _is_bounded(components: beam_runner_api_pb2.Components, pcollection: str) -> bool:
+    pcoll = components.pcollections.get(pcollection)
+    return pcoll is None or pcoll.is_bounded != beam_runner_api_pb2.IsBounded.UNBOUNDED
 
 
-def timer_family_key(transform_id: str, family: str) -> str:
-    """The engine's id for a timer family: unique within its stage."""
-    return "%s\x1f%s" % (transform_id, family)
-
-
-def split_timer_family_key(key: str) -> tuple[str, str]:
-    transform_id, family = key.split("\x1f", 1)
-    return transform_id, family
-
-
-def stage_spec(stage: translations.Stage, streaming: bool = False) -> StageSpec:
+def stage_spec(stage: Stage, components: beam_runner_api_pb2.Components,
+               streaming: bool = False) -> StageSpec:
     stateful = stage.is_stateful()
     inputs: list[InputSpec] = []
     outputs: list[str] = []
     timers: list[TimerFamily] = []
+    bounded = True
     for t in stage.transforms:
-        if t.spec.urn == bundle_processor.DATA_INPUT_URN:
-            buffer_id: bytes = t.spec.payload
-            if buffer_id == translations.IMPULSE_BUFFER:
-                kind = InputKind.IMPULSE
-            else:
-                kind_name, _ = translations.split_buffer_id(buffer_id)
-                kind = InputKind.BARRIER if kind_name == "group" else InputKind.STREAM
-            name = buffer_name(buffer_id)
-            if kind is InputKind.BARRIER and streaming:
-                # Fed, pane by pane, by the runner-side grouping stage.
-                kind, name = InputKind.STREAM, grouped_buffer(name)
-            inputs.append(InputSpec(t.unique_name, name, kind))
-        elif t.spec.urn == bundle_processor.DATA_OUTPUT_URN:
-            outputs.append(buffer_name(t.spec.payload))
-        elif t.spec.urn in translations.PAR_DO_URNS:
+        if t.spec.urn == DATA_INPUT_URN:
+            kind, buffer = _data_input_kind(BufferId.parse(t.spec.payload), streaming)
+            inputs.append(InputSpec(t.unique_name, str(buffer), kind))
+            continue
+        if t.spec.urn == DATA_OUTPUT_URN:
+            outputs.append(str(BufferId.parse(t.spec.payload)))
+            continue
+        bounded = bounded and all(_is_bounded(components, p) for p in t.outputs.values())
+        if t.spec.urn in PAR_DO_URNS:
             payload = proto_utils.parse_Bytes(
                 t.spec.payload, beam_runner_api_pb2.ParDoPayload)
             unheld = unheld_timer_families(t, payload)
@@ -82,61 +79,104 @@ def stage_spec(stage: translations.Stage, streaming: bool = False) -> StageSpec:
                                      beam_runner_api_pb2.TimeDomain.PROCESSING_TIME),
                     holds_watermark=family not in unheld))
     side_inputs = tuple(sorted({
-        buffer_name(translations.create_buffer_id(pcoll))
-        for pcoll in stage.side_inputs()}))
+        str(BufferId.parse(create_buffer_id(pcoll))) for pcoll in stage.side_inputs()}))
+    divisible = not stateful and not timers
     return StageSpec(name=stage.name, inputs=tuple(inputs), outputs=tuple(outputs),
                      side_inputs=side_inputs, timer_families=tuple(timers),
-                     stateful=stateful)
+                     stateful=stateful, divisible=divisible,
+                     dynamic_split=divisible and bounded)
 
 
-def grouping_spec(group_buffer: str) -> StageSpec:
+def grouping_spec(buffer: BufferId) -> StageSpec:
+    name = grouping_stage(buffer)
     return StageSpec(
-        name=grouping_stage(group_buffer),
-        inputs=(InputSpec(grouping_stage(group_buffer), group_buffer, InputKind.STREAM),),
-        outputs=(grouped_buffer(group_buffer),),
+        name=name,
+        inputs=(InputSpec(name, str(buffer), InputKind.STREAM),),
+        outputs=(str(buffer.grouped()),),
         timer_families=(TimerFamily(GROUPING_EVENT_TIMERS),
                         TimerFamily(GROUPING_PROCESSING_TIMERS, processing_time=True)),
         stateful=True)
 
 
-def group_buffers(stages: Iterable[translations.Stage]) -> list[str]:
+def group_buffers(stages: Iterable[Stage]) -> list[BufferId]:
     """The GroupByKey buffers the stages write, in order."""
-    out: list[str] = []
+    out: list[BufferId] = []
     for stage in stages:
         for t in stage.transforms:
-            if (t.spec.urn == bundle_processor.DATA_OUTPUT_URN
-                    and t.spec.payload.startswith(b"group:")):
-                name = buffer_name(t.spec.payload)
-                if name not in out:
-                    out.append(name)
+            if t.spec.urn == DATA_OUTPUT_URN:
+                buffer = BufferId.parse(t.spec.payload)
+                if buffer.kind is BufferKind.GROUP and buffer not in out:
+                    out.append(buffer)
     return out
 
 
-def build_stage_graph(stages: Iterable[translations.Stage],
-                      streaming: bool = False) -> StageGraph:
-    """Must run before Beam's execution context rewrites the data payloads.
-
-    ``streaming``: each GroupByKey becomes a runner-side grouping stage (see
-    ``execution.grouping``) between its writers and its reader. Each
-    PairWithTiming is a runner-side stage too (``preprocess.timing``).
-    """
-    stage_list = list(stages)
-    specs = [stage_spec(s, streaming) for s in stage_list]
-    specs += [timing_spec(t) for t in timing_transforms(stage_list)]
-    if streaming:
-        specs += [grouping_spec(b) for b in group_buffers(stage_list)]
-    return StageGraph.of(specs)
+def user_transforms(stage: Stage) -> tuple[str, ...]:
+    """The user's transforms fused into ``stage`` (not its data channels)."""
+    return tuple(t.unique_name for t in stage.transforms
+                 if t.spec.urn not in (DATA_INPUT_URN, DATA_OUTPUT_URN))
 
 
-def environments_of(stages: Iterable[translations.Stage]) -> Mapping[str, str]:
-    return {s.name: s.environment or "" for s in stages}
-
-
-def stage_label(stage: translations.Stage) -> str:
-    """A readable name for a fused stage: its first and last transforms."""
-    names = [t.unique_name for t in stage.transforms]
+def stage_label(names: Sequence[str], fallback: str) -> str:
+    """A readable name for a stage: its first and last user transforms."""
     if not names:
-        return stage.name
+        return fallback
     if len(names) == 1:
         return repr(names[0])
     return "%r ... %r (%d transforms)" % (names[0], names[-1], len(names))
+
+
+@dataclass(frozen=True)
+class JobGraph:
+    """The engine's stages of a job, and what the runner needs to know of them."""
+
+    specs: tuple[StageSpec, ...]
+    #: runner-side grouping stage -> the GROUP buffer it groups (streaming)
+    groupings: Mapping[str, BufferId] = field(default_factory=dict)
+    #: runner-side timing stage -> (PairWithTiming transform id, its output buffer)
+    timings: Mapping[str, tuple[str, BufferId]] = field(default_factory=dict)
+    #: stage -> the user's transforms in it, and a readable label
+    transforms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def runner_side(self) -> frozenset[str]:
+        return frozenset(self.groupings) | frozenset(self.timings)
+
+    def with_pools(self, pool_of_stage: Mapping[str, str],
+                   capacities: Mapping[str, int]) -> StageGraph:
+        """The engine's graph, every pooled stage on its pool."""
+        return StageGraph.of(
+            [replace(spec, pool=pool_of_stage.get(spec.name)) for spec in self.specs],
+            pools=capacities)
+
+
+def build_job_graph(stages: Sequence[Stage], components: beam_runner_api_pb2.Components,
+                    streaming: bool = False) -> JobGraph:
+    """Must run before Beam's execution context rewrites the data payloads."""
+    specs = [stage_spec(s, components, streaming) for s in stages]
+    transforms = {s.name: user_transforms(s) for s in stages}
+    labels = {s.name: stage_label(transforms[s.name], s.name) for s in stages}
+    timings = {}
+    for transform_id in timing_transforms(stages):
+        spec = timing_spec(transform_id)
+        specs.append(spec)
+        timings[spec.name] = (transform_id, read_buffer(transform_id))
+        name = components.transforms[transform_id].unique_name
+        transforms[spec.name] = (name,)
+        labels[spec.name] = "%r (PairWithTiming, on the runner)" % name
+    groupings = {}
+    if streaming:
+        for buffer in group_buffers(stages):
+            spec = grouping_spec(buffer)
+            specs.append(spec)
+            groupings[spec.name] = buffer
+            name = components.transforms[buffer.name].unique_name
+            transforms[spec.name] = (name,)
+            labels[spec.name] = "%r (GroupByKey, on the runner)" % name
+    return JobGraph(tuple(specs), groupings, timings, transforms, labels)
+
+
+IMPULSE = str(BufferId.parse(IMPULSE_BUFFER))
+
+__all__ = ["IMPULSE", "JobGraph", "build_job_graph", "grouping_stage", "is_streaming",
+           "stage_label", "stage_spec", "user_transforms"]

@@ -2,7 +2,7 @@
 
 The phase runs after fusion: each TestStream output becomes a data input that
 reads the buffer ``test_stream:<pcollection>``, which the runner fills from
-the stream's events (see ``execution.test_stream``).
+the stream's events (see ``bridge.test_stream``).
 """
 from __future__ import annotations
 
@@ -12,27 +12,25 @@ from apache_beam.coders.coders import IntervalWindowCoder
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners import pipeline_context
-from apache_beam.runners.portability.fn_api_runner import translations
-from apache_beam.runners.worker import bundle_processor
 from apache_beam.testing.test_stream import WindowedValueHolder
 from apache_beam.transforms.window import GlobalWindow, IntervalWindow
 from apache_beam.utils import proto_utils
 
-TEST_STREAM_URN = common_urns.primitives.TEST_STREAM.urn
-KIND = "test_stream"
+from beam_gpu_runner.bridge.beam import DATA_INPUT_URN, Stage, TransformContext
+from beam_gpu_runner.bridge.buffers import BufferId, BufferKind
+from beam_gpu_runner.bridge.test_stream import TEST_STREAM_URN, test_streams
 
 
 def test_stream_buffer(pcollection: str) -> bytes:
-    return ("%s:%s" % (KIND, pcollection)).encode("utf-8")
+    return BufferId(BufferKind.TEST_STREAM, pcollection).encode()
 
 
 def data_input_name(transform_name: str, tag: str, outputs: int) -> str:
     return transform_name if outputs == 1 else "%s/%s" % (transform_name, tag)
 
 
-def test_stream_to_input(stages: Iterable[translations.Stage],
-                         context: translations.TransformContext
-                         ) -> Iterator[translations.Stage]:
+def test_stream_to_input(stages: Iterable[Stage], context: TransformContext
+                         ) -> Iterator[Stage]:
     for stage in stages:
         for transform in list(stage.transforms):
             if transform.spec.urn != TEST_STREAM_URN:
@@ -43,22 +41,14 @@ def test_stream_to_input(stages: Iterable[translations.Stage],
                     unique_name=data_input_name(
                         transform.unique_name, tag, len(transform.outputs)),
                     spec=beam_runner_api_pb2.FunctionSpec(
-                        urn=bundle_processor.DATA_INPUT_URN,
+                        urn=DATA_INPUT_URN,
                         payload=test_stream_buffer(pcoll)),
                     outputs={"out": pcoll}))
         yield stage
 
 
-def test_streams(components: beam_runner_api_pb2.Components
-                 ) -> dict[str, beam_runner_api_pb2.PTransform]:
-    """The pipeline's TestStream transforms, by id."""
-    return {tid: t for tid, t in components.transforms.items()
-            if t.spec.urn == TEST_STREAM_URN}
-
-
-def windowed_test_stream_coders(stages: Iterable[translations.Stage],
-                                context: translations.TransformContext
-                                ) -> Iterator[translations.Stage]:
+def windowed_test_stream_coders(stages: Iterable[Stage], context: TransformContext
+                                ) -> Iterator[Stage]:
     """Data-channel coders that keep the windows of TestStream elements given
     as ``WindowedValueHolder`` (Python's TestStream wraps elements added with
     their own windows so).

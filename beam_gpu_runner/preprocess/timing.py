@@ -6,7 +6,7 @@ output watermark)`` itself. Here the phase, run after ``expand_gbk`` and before
 fusion, cuts it into a write of ``timing:<transform>`` and a read of
 ``timed:<transform>`` (as ``expand_gbk`` does for a GroupByKey); the engine
 gets a runner-side stage between them (``timing_spec``) that
-``execution.timing`` runs on the driver.
+``bridge.runner_stages.PairWithTimingStage`` runs on the driver.
 """
 from __future__ import annotations
 
@@ -16,16 +16,15 @@ from typing import Iterable, Iterator
 from apache_beam.internal import pickler
 from apache_beam.portability import python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
-from apache_beam.runners.portability.fn_api_runner import translations
-from apache_beam.runners.worker import bundle_processor
 from apache_beam.testing.test_stream import PairWithTiming
 
+from beam_gpu_runner.bridge.beam import (
+    DATA_INPUT_URN, DATA_OUTPUT_URN, Stage, TransformContext, union, unique_name)
+from beam_gpu_runner.bridge.buffers import BufferId, BufferKind
 from beam_gpu_runner.engine.graph import InputKind, InputSpec, StageSpec
 
 _LOG = logging.getLogger(__name__)
 
-WRITE_KIND = "timing"
-READ_KIND = "timed"
 
 
 def is_pair_with_timing(transform: beam_runner_api_pb2.PTransform) -> bool:
@@ -43,17 +42,16 @@ def timing_stage(transform_id: str) -> str:
     return "timing[%s]" % transform_id
 
 
-def write_buffer(transform_id: str) -> str:
-    return "%s:%s" % (WRITE_KIND, transform_id)
+def write_buffer(transform_id: str) -> BufferId:
+    return BufferId(BufferKind.TIMING, transform_id)
 
 
-def read_buffer(transform_id: str) -> str:
-    return "%s:%s" % (READ_KIND, transform_id)
+def read_buffer(transform_id: str) -> BufferId:
+    return BufferId(BufferKind.TIMED, transform_id)
 
 
-def pair_with_timing_to_runner(stages: Iterable[translations.Stage],
-                               context: translations.TransformContext
-                               ) -> Iterator[translations.Stage]:
+def pair_with_timing_to_runner(stages: Iterable[Stage], context: TransformContext
+                               ) -> Iterator[Stage]:
     for stage in stages:
         if len(stage.transforms) != 1 or not is_pair_with_timing(stage.transforms[0]):
             yield stage
@@ -61,48 +59,48 @@ def pair_with_timing_to_runner(stages: Iterable[translations.Stage],
         [transform] = stage.transforms
         transform_id = stage.name
         if transform != context.components.transforms.get(transform_id):
-            transform_id = translations.unique_name(
+            transform_id = unique_name(
                 context.components.transforms, stage.name)
             context.components.transforms[transform_id].CopyFrom(transform)
-        write = translations.Stage(
+        write = Stage(
             transform.unique_name + "/Write",
             [beam_runner_api_pb2.PTransform(
                 unique_name=transform.unique_name + "/Write",
                 inputs=transform.inputs,
                 spec=beam_runner_api_pb2.FunctionSpec(
-                    urn=bundle_processor.DATA_OUTPUT_URN,
-                    payload=write_buffer(transform_id).encode("utf-8")))],
+                    urn=DATA_OUTPUT_URN,
+                    payload=write_buffer(transform_id).encode()))],
             downstream_side_inputs=frozenset(),
             must_follow=stage.must_follow)
         yield write
-        yield translations.Stage(
+        yield Stage(
             transform.unique_name + "/Read",
             [beam_runner_api_pb2.PTransform(
                 unique_name=transform.unique_name + "/Read",
                 outputs=transform.outputs,
                 spec=beam_runner_api_pb2.FunctionSpec(
-                    urn=bundle_processor.DATA_INPUT_URN,
-                    payload=read_buffer(transform_id).encode("utf-8")))],
+                    urn=DATA_INPUT_URN,
+                    payload=read_buffer(transform_id).encode()))],
             downstream_side_inputs=stage.downstream_side_inputs,
-            must_follow=translations.union(frozenset([write]), stage.must_follow))
+            must_follow=union(frozenset([write]), stage.must_follow))
 
 
-def timing_transforms(stages: Iterable[translations.Stage]) -> list[str]:
+def timing_transforms(stages: Iterable[Stage]) -> list[str]:
     """Ids of the PairWithTiming transforms the stages write to, in order."""
     out: list[str] = []
-    prefix = (WRITE_KIND + ":").encode("utf-8")
     for stage in stages:
         for t in stage.transforms:
-            if (t.spec.urn == bundle_processor.DATA_OUTPUT_URN
-                    and t.spec.payload.startswith(prefix)):
-                transform_id = t.spec.payload.decode("utf-8").split(":", 1)[1]
-                if transform_id not in out:
-                    out.append(transform_id)
+            if t.spec.urn != DATA_OUTPUT_URN:
+                continue
+            buffer = BufferId.parse(t.spec.payload)
+            if buffer.kind is BufferKind.TIMING and buffer.name not in out:
+                out.append(buffer.name)
     return out
 
 
 def timing_spec(transform_id: str) -> StageSpec:
     name = timing_stage(transform_id)
     return StageSpec(name=name,
-                     inputs=(InputSpec(name, write_buffer(transform_id), InputKind.STREAM),),
-                     outputs=(read_buffer(transform_id),))
+                     inputs=(InputSpec(name, str(write_buffer(transform_id)),
+                                       InputKind.STREAM),),
+                     outputs=(str(read_buffer(transform_id)),))

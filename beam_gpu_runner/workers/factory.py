@@ -26,9 +26,9 @@ import time
 from typing import Any, Mapping, Optional, Protocol
 
 from apache_beam.portability import common_urns, python_urns
-from apache_beam.portability.api import beam_fn_api_pb2, beam_runner_api_pb2
-from apache_beam.runners.portability.fn_api_runner import worker_handlers as beam_wh
+from apache_beam.portability.api import beam_runner_api_pb2
 
+from beam_gpu_runner.bridge.workers import Worker, external_worker, is_connected
 from beam_gpu_runner.placement.api import Placement
 from beam_gpu_runner.resources.runtime_context import RuntimeContext
 from beam_gpu_runner.workers.errors import WorkerStartError
@@ -65,28 +65,6 @@ class WorkerStoppedError(RuntimeError):
     def __str__(self) -> str:
         return ("worker %s was stopped (job cancelled or ended) while a bundle "
                 "was running on it" % self.worker_id)
-
-
-def refuse_requests(control: Any, error: Exception) -> None:
-    """Fail what waits on a stopped worker's control connection, and every
-    request sent to it from now on.
-
-    A pool thread may have taken the worker just before the stop and send
-    its ProcessBundle request just after it; Beam's ``ControlConnection``
-    would queue it and its future would wait forever (seen as a cancelled
-    job whose pool never shut down).
-    """
-    push = control.push
-
-    def refused(req: Any) -> Any:
-        if not isinstance(req, beam_fn_api_pb2.InstructionRequest):
-            return push(req)   # the goodbye marker still goes out
-        future = beam_wh.ControlFuture(req.instruction_id or "refused")
-        future.abort(error)
-        return future
-
-    control.push = refused
-    control.abort(error)
 
 
 def runs_in_client(environment: beam_runner_api_pb2.Environment) -> bool:
@@ -145,14 +123,14 @@ class ProcessWorkerFactory:
         self._starting: set[ProcessWorkerHandler] = set()
         self._starting_lock = threading.Lock()
 
-    def start(self, key: PoolKey) -> beam_wh.WorkerHandler:
+    def start(self, key: PoolKey) -> Worker:
         environment = self._environments[key.environment_id]
         server = self._registry.grpc_server
         assert server is not None, "start: the job's gRPC server is closed"
         state = self._registry.state_servicer
         provision = self._registry.provision_info.for_environment(environment)
         if runs_in_client(environment) and not key.requirements.needs_gpu:
-            handler = beam_wh.WorkerHandler.create(environment, state, provision, server)
+            handler = external_worker(environment, state, provision, server)
             self._registry.add(handler)
             try:
                 handler.start_worker()
@@ -161,7 +139,7 @@ class ProcessWorkerFactory:
                 self._registry.remove(handler)
                 handler.close()
                 raise
-            return handler
+            return Worker(handler)
         self._announce(key, environment)
         staged = self._staged(key.environment_id, environment)
         handler = ProcessWorkerHandler(
@@ -171,7 +149,7 @@ class ProcessWorkerFactory:
         env = self._resource_env(key, handler.worker_id)
         if staged is not None:
             env.update(staged.env())
-        handler._env = env
+        handler.set_environment(env)
         self._registry.add(handler)
         with self._starting_lock:
             self._starting.add(handler)
@@ -184,7 +162,7 @@ class ProcessWorkerFactory:
         finally:
             with self._starting_lock:
                 self._starting.discard(handler)
-        return handler
+        return Worker(handler)
 
     def abort_starts(self) -> None:
         """Make workers still starting give up now (the job is ending)."""
@@ -193,7 +171,7 @@ class ProcessWorkerFactory:
         for handler in starting:
             handler.abort_start()
 
-    def _await_external(self, handler: beam_wh.WorkerHandler,
+    def _await_external(self, handler: Any,
                         environment: beam_runner_api_pb2.Environment) -> None:
         """Wait (--worker_start_timeout) for the worker the client's pool started.
 
@@ -201,7 +179,7 @@ class ProcessWorkerFactory:
         whose worker command fails); a job should fail with the reason instead.
         """
         deadline = time.monotonic() + self._start_timeout
-        while handler.control_conn._state != beam_wh.BeamFnControlServicer.STARTED_STATE:
+        while not is_connected(handler):
             if time.monotonic() > deadline:
                 pool = beam_runner_api_pb2.ExternalPayload.FromString(
                     environment.payload).endpoint.url
@@ -250,20 +228,24 @@ class ProcessWorkerFactory:
         self._assignments[worker_id] = assignment
         return assignment.env()
 
+    def devices_of(self, worker_id: str) -> list[str]:
+        """Physical indexes of the GPUs a worker holds (for status pages)."""
+        assignment = self._assignments.get(worker_id)
+        gpus = getattr(assignment, "gpus", ()) if assignment is not None else ()
+        return [g.get_property("index") or "?" for g in gpus]
+
     def _release(self, worker_id: str) -> None:
         assignment = self._assignments.pop(worker_id, None)
         if assignment is not None and self._devices is not None:
             self._devices.release(assignment)
 
-    def stop(self, handler: beam_wh.WorkerHandler) -> None:
+    def stop(self, worker: Worker) -> None:
         try:
             # A bundle still waiting on this worker (a cancelled job; a LOOPBACK
             # worker blocked in user code) must fail now rather than block the
             # pool's shutdown forever.
-            control = getattr(handler, "control_conn", None)
-            if control is not None:
-                refuse_requests(control, WorkerStoppedError(handler.worker_id))
-            handler.close()
+            worker.stop_requests(WorkerStoppedError(worker.worker_id))
+            worker.handler.close()
         finally:
-            self._registry.remove(handler)
-            self._release(handler.worker_id)
+            self._registry.remove(worker.handler)
+            self._release(worker.worker_id)

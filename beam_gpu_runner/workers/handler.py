@@ -4,10 +4,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-from apache_beam.runners.portability.fn_api_runner import worker_handlers as beam_wh
-
+from beam_gpu_runner.bridge.workers import (
+    GrpcWorkerHandler, has_pending_requests, is_connected)
 from beam_gpu_runner.placement.api import Placement, WorkerLaunch, WorkerProcess
 from beam_gpu_runner.resources.requirements import StageRequirements
 from beam_gpu_runner.workers.errors import WorkerLostError, WorkerStartError
@@ -18,7 +18,7 @@ _POLL_S = 0.05
 _GOODBYE_S = 3.0   # how long an idle harness gets to exit by itself
 
 
-class ProcessWorkerHandler(beam_wh.GrpcWorkerHandler):
+class ProcessWorkerHandler(GrpcWorkerHandler):
     """Starts Beam's SDK harness through a placement and watches it.
 
     When the process dies while the runner still needs it, pending control
@@ -28,9 +28,9 @@ class ProcessWorkerHandler(beam_wh.GrpcWorkerHandler):
 
     def __init__(
         self,
-        state: beam_wh.StateServicer,
-        provision_info: "beam_wh.ExtendedProvisionInfo",
-        grpc_server: beam_wh.GrpcServer,
+        state: Any,
+        provision_info: Any,
+        grpc_server: Any,
         placement: Placement,
         requirements: StageRequirements,
         pipeline_options_json: str,
@@ -50,6 +50,11 @@ class ProcessWorkerHandler(beam_wh.GrpcWorkerHandler):
         self._process: Optional[WorkerProcess] = None
         self._stopping = False
         self.lost: Optional[str] = None
+
+    def set_environment(self, env: dict[str, str]) -> None:
+        """What the worker process gets on top of ours (its devices' variables,
+        staged artifacts); set before ``start_worker``."""
+        self._env = env
 
     def host_from_worker(self) -> str:
         return self._placement.advertise_host()
@@ -74,7 +79,7 @@ class ProcessWorkerHandler(beam_wh.GrpcWorkerHandler):
 
     def _await_connection(self, process: WorkerProcess) -> None:
         deadline = time.monotonic() + self._start_timeout
-        while self.control_conn._state != beam_wh.BeamFnControlServicer.STARTED_STATE:
+        while not is_connected(self):
             if self._stopping:
                 process.kill()
                 raise WorkerStartError(
@@ -135,7 +140,7 @@ class ProcessWorkerHandler(beam_wh.GrpcWorkerHandler):
         on it fails with WorkerLostError.
         """
         self._stopping = True
-        if self.lost is None and not self.control_conn._futures_by_id:
+        if self.lost is None and not has_pending_requests(self):
             # Idle: say goodbye over the Fn API, so the harness ends its streams
             # and exits by itself (no broken-stream tracebacks from either side).
             try:

@@ -7,8 +7,9 @@ from typing import Any, Iterable, Iterator
 import grpc
 
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
-from apache_beam.runners.worker.log_handler import LOGENTRY_TO_LOG_LEVEL_MAP
 from apache_beam.utils import thread_pool_executor
+
+from beam_gpu_runner.bridge.beam import LOGENTRY_TO_LOG_LEVEL_MAP
 
 _LOG = logging.getLogger("beam_gpu_runner.worker")
 

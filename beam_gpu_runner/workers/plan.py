@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 from apache_beam.portability.api import beam_runner_api_pb2
-from apache_beam.runners.portability.fn_api_runner import translations
+from beam_gpu_runner.bridge.beam import Stage
 
 from beam_gpu_runner.resources.assignment import ResourceShortageError
 from beam_gpu_runner.resources.hints import (
@@ -33,7 +33,7 @@ class PoolPlan:
     bundles_per_worker: Mapping[PoolKey, int] = field(default_factory=dict)
 
 
-def _default_environment(stages: Sequence[translations.Stage],
+def _default_environment(stages: Sequence[Stage],
                          components: beam_runner_api_pb2.Components) -> str:
     for stage in stages:
         env = stage.environment
@@ -108,7 +108,7 @@ def bundles_per_worker(req: StageRequirements, harness_threads: Optional[int]) -
     return req.max_active_bundles_per_worker or harness_threads or default
 
 
-def plan_pools(stages: Sequence[translations.Stage],
+def plan_pools(stages: Sequence[Stage],
                components: beam_runner_api_pb2.Components,
                num_workers: int, devices: Optional[Any],
                harness_threads: Optional[int] = None) -> PoolPlan:

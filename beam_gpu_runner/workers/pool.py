@@ -18,8 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, TypeVar
 
-from apache_beam.runners.portability.fn_api_runner import worker_handlers as beam_wh
-
+from beam_gpu_runner.bridge.workers import Worker
 from beam_gpu_runner.resources.requirements import StageRequirements
 
 _LOG = logging.getLogger(__name__)
@@ -37,15 +36,15 @@ class PoolKey:
 
 
 class WorkerFactory(Protocol):
-    def start(self, key: PoolKey) -> beam_wh.WorkerHandler:
+    def start(self, key: PoolKey) -> Worker:
         """Start one worker (leasing its devices); raise if it cannot."""
 
-    def stop(self, handler: beam_wh.WorkerHandler) -> None:
+    def stop(self, worker: Worker) -> None:
         """Stop it and release what it held."""
 
 
-def is_lost(handler: beam_wh.WorkerHandler) -> bool:
-    return bool(getattr(handler, "lost", None))
+def is_lost(worker: Worker) -> bool:
+    return bool(worker.lost)
 
 
 class _Slot:
@@ -54,7 +53,7 @@ class _Slot:
     def __init__(self, index: int) -> None:
         self.index = index
         self.lock = threading.Lock()
-        self.worker: Optional[beam_wh.WorkerHandler] = None
+        self.worker: Optional[Worker] = None
         #: bundles running on (or waiting for) this slot's worker
         self.active = 0
 
@@ -86,11 +85,11 @@ class WorkerPool:
         """How many bundles the pool runs at once."""
         return self.size * self.bundles_per_worker
 
-    def submit(self, fn: Callable[[beam_wh.WorkerHandler], T]) -> "concurrent.futures.Future[T]":
+    def submit(self, fn: Callable[[Worker], T]) -> "concurrent.futures.Future[T]":
         """Run ``fn(worker)`` on a pool thread with its slot's worker."""
         return self._executor.submit(self._run, fn)
 
-    def _run(self, fn: Callable[[beam_wh.WorkerHandler], T]) -> T:
+    def _run(self, fn: Callable[[Worker], T]) -> T:
         slot = self._take_slot()
         try:
             return fn(self._worker_of(slot))
@@ -113,7 +112,7 @@ class WorkerPool:
             slot.active += 1
             return slot
 
-    def _worker_of(self, slot: _Slot) -> beam_wh.WorkerHandler:
+    def _worker_of(self, slot: _Slot) -> Worker:
         with slot.lock:
             worker = slot.worker
             if worker is not None and is_lost(worker):
@@ -163,19 +162,19 @@ class WorkerPool:
             _LOG.warning("Pool %s: starting a worker ahead of time failed (it is retried "
                          "with the first bundle): %s", self.key.describe(), future.exception())
 
-    def _discard(self, slot: _Slot, worker: beam_wh.WorkerHandler) -> None:
+    def _discard(self, slot: _Slot, worker: Worker) -> None:
         with self._lock:
             if slot.worker is worker:
                 slot.worker = None
         self._stop(worker)
 
-    def _stop(self, worker: beam_wh.WorkerHandler) -> None:
+    def _stop(self, worker: Worker) -> None:
         try:
             self._factory.stop(worker)
         except Exception:
             _LOG.warning("Stopping worker %s failed", worker.worker_id, exc_info=True)
 
-    def workers(self) -> list[beam_wh.WorkerHandler]:
+    def workers(self) -> list[Worker]:
         with self._lock:
             return [s.worker for s in self._slots if s.worker is not None]
 

@@ -12,8 +12,8 @@ import threading
 from typing import Any, Callable, Optional
 
 from apache_beam.portability.api import beam_fn_api_pb2, endpoints_pb2
-from apache_beam.runners.portability.fn_api_runner import worker_handlers as beam_wh
 
+from beam_gpu_runner.bridge.workers import StateServicer, Worker, new_grpc_server
 from beam_gpu_runner.workers.logs import LogServer
 
 _LOG = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class _Endpoints:
     run a window merge on a worker: those start the registry's utility worker.
     """
 
-    def __init__(self, host: str, server: beam_wh.GrpcServer,
+    def __init__(self, host: str, server: Any,
                  registry: "WorkerRegistry") -> None:
         self._host = host
         self._server = server
@@ -35,7 +35,7 @@ class _Endpoints:
 
     def __getattr__(self, name: str) -> Any:
         if name in ("data_conn", "control_conn"):
-            return getattr(self._registry.utility_worker(), name)
+            return getattr(self._registry.utility_worker().handler, name)
         raise AttributeError("%s has no attribute %r" % (type(self).__name__, name))
 
     def data_api_service_descriptor(self) -> endpoints_pb2.ApiServiceDescriptor:
@@ -48,20 +48,20 @@ class _Endpoints:
 
 
 class WorkerRegistry:
-    def __init__(self, provision_info: "beam_wh.ExtendedProvisionInfo", host: str) -> None:
-        self.state_servicer = beam_wh.StateServicer()
+    def __init__(self, provision_info: Any, host: str) -> None:
+        self.state_servicer = StateServicer()
         self.provision_info = provision_info
         self._descriptors: dict[str, beam_fn_api_pb2.ProcessBundleDescriptor] = {}
-        self._workers: dict[str, beam_wh.WorkerHandler] = {}
+        self._workers: dict[str, Any] = {}
         self._lock = threading.Lock()
         # Beam types this as its WorkerHandlerManager; we provide the two
         # methods it calls (get_process_bundle_descriptor, get_worker).
-        self.grpc_server: Optional[beam_wh.GrpcServer] = beam_wh.GrpcServer(
-            self.state_servicer, provision_info, self)  # type: ignore[arg-type]
+        self.grpc_server: Optional[Any] = new_grpc_server(
+            self.state_servicer, provision_info, self)
         self._endpoints = _Endpoints(host, self.grpc_server, self)
-        self._utility_start: Optional[Callable[[], beam_wh.WorkerHandler]] = None
-        self._utility_stop: Optional[Callable[[beam_wh.WorkerHandler], None]] = None
-        self._utility: Optional[beam_wh.WorkerHandler] = None
+        self._utility_start: Optional[Callable[[], Worker]] = None
+        self._utility_stop: Optional[Callable[[Worker], None]] = None
+        self._utility: Optional[Worker] = None
         self._utility_lock = threading.Lock()   # starting it takes self._lock
         self._close_callbacks: list[Callable[[], None]] = []
         self._logs = LogServer()
@@ -83,24 +83,24 @@ class WorkerRegistry:
         with self._lock:
             return self._descriptors[request.process_bundle_descriptor_id]
 
-    def get_worker(self, worker_id: str) -> beam_wh.WorkerHandler:
+    def get_worker(self, worker_id: str) -> Any:
         with self._lock:
             return self._workers[worker_id]
 
     # -- ours -----------------------------------------------------------------
-    def add(self, handler: beam_wh.WorkerHandler) -> None:
+    def add(self, handler: Any) -> None:
         with self._lock:
             self._workers[handler.worker_id] = handler
 
-    def remove(self, handler: beam_wh.WorkerHandler) -> None:
+    def remove(self, handler: Any) -> None:
         with self._lock:
             self._workers.pop(handler.worker_id, None)
 
-    def set_utility_worker_factory(self, start: Callable[[], beam_wh.WorkerHandler],
-                                   stop: Callable[[beam_wh.WorkerHandler], None]) -> None:
+    def set_utility_worker_factory(self, start: Callable[[], Worker],
+                                   stop: Callable[[Worker], None]) -> None:
         self._utility_start, self._utility_stop = start, stop
 
-    def utility_worker(self) -> beam_wh.WorkerHandler:
+    def utility_worker(self) -> Worker:
         """A worker for the runner's own Fn API calls (window merging)."""
         with self._utility_lock:
             if self._utility is None:

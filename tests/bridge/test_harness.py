@@ -1,9 +1,11 @@
-"""Our worker entry point: Beam's harness with ~1 MB output messages (placement/harness.py)."""
+"""Our worker entry point: Beam's harness with ~1 MB output messages (bridge/harness.py)."""
 from __future__ import annotations
 
 from apache_beam.runners.worker import data_plane
 
-from beam_gpu_runner.placement import harness, local
+from beam_gpu_runner.bridge import harness
+from beam_gpu_runner.placement import harness as entry_point
+from beam_gpu_runner.placement import local
 
 
 def _stream(sent: list[bytes]) -> data_plane.ClosableOutputStream:
@@ -14,8 +16,8 @@ def _stream(sent: list[bytes]) -> data_plane.ClosableOutputStream:
 def test_output_is_flushed_at_the_installed_size_between_elements(monkeypatch):
     monkeypatch.setattr(data_plane, "SizeBasedBufferingClosableOutputStream",
                         data_plane.SizeBasedBufferingClosableOutputStream)
-    harness._install_flush_size(1000)
-    harness._install_flush_size(1000)   # twice: still one subclass deep
+    harness.install_flush_size(1000)
+    harness.install_flush_size(1000)   # twice: still one subclass deep
     assert data_plane.SizeBasedBufferingClosableOutputStream.__mro__[2] is (
         data_plane.ClosableOutputStream)
     sent: list[bytes] = []
@@ -50,6 +52,6 @@ def test_the_harness_still_runs_when_the_flush_size_cannot_be_set(monkeypatch, c
     ran: list[list[str]] = []
     monkeypatch.delattr(data_plane, "SizeBasedBufferingClosableOutputStream")
     monkeypatch.setattr(sdk_worker_main, "main", ran.append)
-    harness.main(["harness"])
+    entry_point.main(["harness"])
     assert ran == [["harness"]]
     assert "keeping Beam's output flush size" in caplog.text

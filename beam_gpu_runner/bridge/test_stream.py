@@ -1,5 +1,9 @@
 """A pipeline's TestStream payload -> the engine's TestStreamScript.
 
+A TestStream is a runner primitive here: ``preprocess.test_stream`` turns
+each of its outputs into a data input that reads ``test_stream:<pcollection>``,
+and the engine feeds those buffers from this script.
+
 Times in the payload are milliseconds. Elements are encoded for the data
 channel of the stream's output, as the consumer stage reads them: in the global
 window with the event's timestamp, or, for a ``WindowedValueHolder``, with its
@@ -14,20 +18,29 @@ from typing import Any, Iterable, Optional
 import grpc
 
 from apache_beam.coders.coder_impl import create_OutputStream
+from apache_beam.portability import common_urns
 from apache_beam.portability.api import (
     beam_interactive_api_pb2, beam_interactive_api_pb2_grpc, beam_runner_api_pb2)
-from apache_beam.runners.portability.fn_api_runner import execution as beam_exec
 from apache_beam.testing.test_stream import WindowedValueHolder
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils import proto_utils
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_gpu_runner.bridge.buffers import BufferId, BufferKind, Chunks
+from beam_gpu_runner.bridge.context import JobContext
 from beam_gpu_runner.engine.test_stream import (
     AdvanceProcessingTime, AdvanceWatermark, EmitElements, ScriptEvent, TestStreamScript)
 from beam_gpu_runner.engine.timestamps import MAX_TIMESTAMP, MIN_TIMESTAMP
-from beam_gpu_runner.preprocess.stage_graph import buffer_name
-from beam_gpu_runner.preprocess.test_stream import test_stream_buffer, test_streams
+
+TEST_STREAM_URN = common_urns.primitives.TEST_STREAM.urn
+
+
+def test_streams(components: beam_runner_api_pb2.Components
+                 ) -> dict[str, beam_runner_api_pb2.PTransform]:
+    """The pipeline's TestStream transforms, by id."""
+    return {tid: t for tid, t in components.transforms.items()
+            if t.spec.urn == TEST_STREAM_URN}
 
 _LOG = logging.getLogger(__name__)
 
@@ -69,9 +82,8 @@ def read_service_events(url: str, output_ids: Iterable[str],
         channel.close()
 
 
-def build_script(context: beam_exec.FnApiRunnerExecutionContext
-                 ) -> Optional[TestStreamScript]:
-    streams = test_streams(context.pipeline_components)
+def build_script(context: JobContext) -> Optional[TestStreamScript]:
+    streams = test_streams(context.components)
     if not streams:
         return None
     if len(streams) > 1:
@@ -90,13 +102,13 @@ def build_script(context: beam_exec.FnApiRunnerExecutionContext
     else:
         proto_events = list(payload.events)
         unit = 1000
-    element_coder = context.pipeline_context.coders[payload.coder_id]
-    buffers = {tag: buffer_name(test_stream_buffer(pcoll)) for tag, pcoll in outputs.items()}
+    element_coder = context.coder(payload.coder_id)
+    buffers = {tag: str(BufferId(BufferKind.TEST_STREAM, pcoll))
+               for tag, pcoll in outputs.items()}
     # The real coder (not the runner-safe one, which sees elements as bytes):
     # it writes the same bytes, from values.
-    data_coders = {
-        tag: context.pipeline_context.coders[context.data_channel_coders[pcoll]].get_impl()
-        for tag, pcoll in outputs.items()}
+    data_coders = {tag: context.channel_coder(pcoll, safe=False).get_impl()
+                   for tag, pcoll in outputs.items()}
 
     def tag_of(tag: str) -> str:
         if tag in outputs:
@@ -122,10 +134,9 @@ def build_script(context: beam_exec.FnApiRunnerExecutionContext
                         value, Timestamp(micros=_micros(element.timestamp, unit)),
                         (GlobalWindow(),))
                 impl.encode_to_stream(windowed, out, True)
-            buffer = beam_exec.ListBuffer(impl)
-            buffer.append(out.get())
-            events.append(EmitElements(buffers[tag], buffer,
-                                       len(event.element_event.elements)))
+            count = len(event.element_event.elements)
+            events.append(EmitElements(buffers[tag], Chunks.of([out.get()], impl, count),
+                                       count))
         elif event.HasField("watermark_event"):
             events.append(AdvanceWatermark(
                 _micros(event.watermark_event.new_watermark, unit),

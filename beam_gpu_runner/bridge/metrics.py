@@ -17,6 +17,8 @@ from apache_beam.metrics import monitoring_infos as mi
 from apache_beam.metrics.cells import BoundedTrieData
 from apache_beam.portability.api import metrics_pb2
 
+from beam_gpu_runner.bridge.beam import decode_gauge
+
 _STRINGS = coders.IterableCoder(coders.StrUtf8Coder())
 
 
@@ -31,7 +33,7 @@ def _combine_tries(a: bytes, b: bytes) -> bytes:
 
 
 def _latest_gauge(a: bytes, b: bytes) -> bytes:
-    (ta, _), (tb, _) = (mi._decode_gauge(coders.VarIntCoder(), p) for p in (a, b))
+    (ta, _), (tb, _) = (decode_gauge(coders.VarIntCoder(), p) for p in (a, b))
     return b if tb >= ta else a
 
 

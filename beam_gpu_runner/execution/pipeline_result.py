@@ -4,16 +4,17 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiMetrics
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from beam_gpu_runner.execution.job import Job
+from beam_gpu_runner.bridge.beam import FnApiMetrics
+from beam_gpu_runner.execution.job import GpuJob
+from beam_gpu_runner.status import JobStatus
 
 _LOG = logging.getLogger(__name__)
 
 
 class GpuPipelineResult(PipelineResult):
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: GpuJob) -> None:
         super().__init__(PipelineState.STARTING)
         self._job = job
 
@@ -61,3 +62,8 @@ class GpuPipelineResult(PipelineResult):
     def monitoring_infos(self) -> list[Any]:
         return [info for infos in self._job.monitoring_infos_by_stage().values()
                 for info in infos]
+
+    def status(self) -> JobStatus:
+        """The job's stages, workers, counts, watermarks, metrics and error
+        (what the web UI and the job server show)."""
+        return self._job.status()

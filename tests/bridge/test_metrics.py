@@ -4,7 +4,7 @@ from __future__ import annotations
 from apache_beam.metrics import monitoring_infos as mi
 from apache_beam.metrics.cells import BoundedTrieData, GaugeData, StringSetData
 
-from beam_gpu_runner.execution.metrics import consolidate
+from beam_gpu_runner.bridge.metrics import consolidate
 
 
 def _only(infos):

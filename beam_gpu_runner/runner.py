@@ -27,6 +27,7 @@ from beam_gpu_runner.placement.api import Placement
 from beam_gpu_runner.preprocess.fusion import fuse
 from beam_gpu_runner.preprocess.requirements import check_requirements
 from beam_gpu_runner.preprocess.stage_graph import build_job_graph, is_streaming
+from beam_gpu_runner.resources.planner import DeviceInventory
 from beam_gpu_runner.workers.plan import plan_pools
 from beam_gpu_runner.workers.factory import ProcessWorkerFactory
 from beam_gpu_runner.workers.registry import WorkerRegistry
@@ -125,13 +126,19 @@ class GpuRunner(PipelineRunner):
             if devices is not None:
                 devices.close()
 
+        streaming = (options.view_as(pipeline_options.StandardOptions).streaming
+                     or is_streaming(stage_context.components))
+        graph = build_job_graph(stages, stage_context.components, streaming)
         try:
             # A placement that assigns devices itself (Ray) needs no local leases.
             devices = None if placement.assigns_devices else _device_allocator(gpu_options)
+            inventory: Optional[DeviceInventory] = (
+                placement if isinstance(placement, DeviceInventory) else None
+            ) if placement.assigns_devices else devices
             pools = plan_pools(
-                stages, stage_context.components, workers,
-                placement if placement.assigns_devices else devices,
-                options.view_as(pipeline_options.DebugOptions).number_of_worker_harness_threads)
+                stages, stage_context.components, workers, inventory,
+                options.view_as(pipeline_options.DebugOptions).number_of_worker_harness_threads,
+                labels=graph.labels, fail_fast=not placement.assigns_devices)
         except BaseException:
             release()
             raise
@@ -147,9 +154,6 @@ class GpuRunner(PipelineRunner):
             registry, placement, dict(stage_context.components.environments),
             options_json(portable), gpu_options.worker_start_timeout,
             devices, pools.stage_names, pools.hint_texts)
-        streaming = (options.view_as(pipeline_options.StandardOptions).streaming
-                     or is_streaming(stage_context.components))
-        graph = build_job_graph(stages, stage_context.components, streaming)
         pool_ids = {key: "pool%d" % i for i, key in enumerate(pools.sizes)}
         plan = JobPlan(
             job_id=_job_id(options), name=_job_name(options), stages=tuple(stages),

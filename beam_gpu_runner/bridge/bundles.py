@@ -123,7 +123,7 @@ class BundleBridge:
                 continue
             chunks = concat(
                 Chunks.of(sink, self._output_coder(stage, t), counts.get(t))
-                for t, sink in zip(transforms, sinks))
+                for t, sink in zip(transforms, sinks) if isinstance(sink, ChunkSink))
             if not chunks:
                 continue
             context.commit_side_inputs(bundle.stage, buffer, chunks)

@@ -104,10 +104,10 @@ class Attempt:
 
     def run(self) -> AttemptResult:
         plan, worker = self.plan, self.worker
-        for (transform, family), timers in plan.timers.items():
+        for (transform, family), fired in plan.timers.items():
             stream = worker.data_conn.output_timer_stream(
                 self.instruction_id, transform, family)
-            for timer in timers:
+            for timer in fired:
                 stream.write(timer)
             stream.close()
         request = beam_fn_api_pb2.InstructionRequest(
@@ -169,6 +169,9 @@ class Attempt:
                                 .DesiredSplit(
                                     fraction_of_remainder=fraction_of_remainder,
                                     estimated_input_elements=chunks.estimated_elements())}))
+        # No timeout: a worker that split answers, and a worker that died has
+        # its pending requests failed (a late answer must not be dropped: the
+        # worker would skip the residual and nobody would process it).
         try:
             response = self.worker.push(request).get()
         except Exception as exc:   # the worker went away: the bundle fails on its own

@@ -46,6 +46,10 @@ def has_pending_requests(handler: Any) -> bool:
     return bool(handler.control_conn._futures_by_id)
 
 
+class WorkerGoneError(RuntimeError):
+    """A request to a worker that is known to be lost (one message arg)."""
+
+
 class Worker:
     """A started worker as the pool hands it out; see the module docstring."""
 
@@ -60,13 +64,17 @@ class Worker:
         return self.handler.data_conn
 
     def push(self, request: Any) -> Any:
-        """Send a control request (a future of its answer); after a stop,
-        raise the stop's error at once instead."""
+        """Send a control request (a future of its answer); after a stop, or
+        once the worker is known lost, raise at once instead (Beam's control
+        connection would queue the request, and its future would never end)."""
         with self._lock:
             refusal = self._refusal
-            if refusal is None:
+            lost = self.lost
+            if refusal is None and not lost:
                 return self.handler.control_conn.push(request)
-        raise type(refusal)(*refusal.args)
+        if refusal is not None:
+            raise type(refusal)(*refusal.args)
+        raise WorkerGoneError(str(lost))
 
     def stop_requests(self, error: BaseException) -> None:
         """Fail what waits on the worker, and every request from now on."""

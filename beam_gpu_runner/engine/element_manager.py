@@ -549,8 +549,9 @@ class ElementManager:
         return RunBundle(bundle)
 
     def _free_places(self) -> dict[str, int]:
-        busy: dict[str, int] = collections.Counter(
-            self._stages[b.stage].spec.pool for b in self._bundles.values())
+        busy = collections.Counter(
+            pool for pool in (self._stages[b.stage].spec.pool for b in self._bundles.values())
+            if pool is not None)
         return {pool: capacity - busy.get(pool, 0)
                 for pool, capacity in self._graph.pools.items()}
 

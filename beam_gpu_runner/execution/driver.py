@@ -233,10 +233,14 @@ class Driver:
     def _split(self, instruction: SplitBundle) -> None:
         running = self._running.get(instruction.bundle_id)
         bundle_id = instruction.bundle_id
+        if running is None:
+            self._events.put(SplitRefused(bundle_id))
+            return
+        bundle = running.bundle
 
         def ask(attempt: Any) -> None:
             try:
-                event = self._bundles.split(running.bundle, attempt,
+                event = self._bundles.split(bundle, attempt,
                                             instruction.fraction_of_remainder)
             except Exception:
                 _LOG.warning("Splitting bundle %s failed; it runs on unsplit", bundle_id,
@@ -244,7 +248,7 @@ class Driver:
                 event = SplitRefused(bundle_id)
             self._events.put(event)
 
-        if running is None or not running.split(ask):
+        if not running.split(ask):
             self._events.put(SplitRefused(bundle_id))
 
     # ---- outcomes ---------------------------------------------------------------

@@ -434,6 +434,16 @@ class RayPlacement:
         nodes = [n for n in ray.nodes() if n.get("Alive") and label in n.get("Resources", {})]
         return sum(int(n["Resources"].get("GPU", 0)) for n in nodes)
 
+    def describe_devices(self) -> str:
+        """The cluster's GPUs, for the planner's messages."""
+        self._ensure_connected()
+        import ray
+
+        return "the Ray cluster has %s" % _format_resources(ray.cluster_resources())
+
+    def more_devices_hint(self) -> str:
+        return "more GPU nodes in the Ray cluster"
+
     # -- workers ----------------------------------------------------------
 
     def start_worker(self, launch: WorkerLaunch) -> RayWorkerProcess:

@@ -110,6 +110,38 @@ def _summary(infos: Sequence[ResourceInfo]) -> str:
     return ", ".join("%d x %s" % (n, name) for name, n in counts.items()) or "none"
 
 
+class DiscoveredInventory:
+    """The planner's ``DeviceInventory`` over what the drivers discovered."""
+
+    def __init__(self, config: ExternalResourceConfig,
+                 devices: Mapping[str, tuple[ResourceInfo, ...]]) -> None:
+        self._config = config
+        self._gpus = tuple(devices.get(GPU_RESOURCE, ()))
+
+    def matching_devices(self, requirements: StageRequirements) -> int:
+        return sum(1 for g in self._gpus if accelerator_matches(
+            requirements.accelerator_type, g.get_property("name"),
+            _int(g.get_property("memory-total"))))
+
+    def describe_devices(self) -> str:
+        spec = self._config.get(GPU_RESOURCE)
+        if spec is None:
+            return ("no %r resource is configured (external-resources=%s)"
+                    % (GPU_RESOURCE, ";".join(self._config.names)))
+        return "driver %r found %d GPU(s) (%s)" % (spec.driver_factory, len(self._gpus),
+                                                    _summary(self._gpus))
+
+    def more_devices_hint(self) -> str:
+        spec = self._config.get(GPU_RESOURCE)
+        if spec is None:
+            return "external-resources=%s" % GPU_RESOURCE
+        if spec.driver_factory == "testing":
+            return spec.key("param.num-devices")
+        if spec.amount is not None:
+            return "%s (or a host with more GPUs)" % spec.key("amount")
+        return "a host with more GPUs"
+
+
 class DeviceAllocator:
     """Hands each worker its own devices; see the module docstring."""
 
@@ -136,6 +168,19 @@ class DeviceAllocator:
                               len(found[spec.name]), _summary(found[spec.name]))
                 self._devices = found
             return self._devices
+
+    def inventory(self) -> DiscoveredInventory:
+        return DiscoveredInventory(self.config, self.devices())
+
+    # The planner's DeviceInventory, over this host's discovered devices.
+    def matching_devices(self, requirements: StageRequirements) -> int:
+        return self.inventory().matching_devices(requirements)
+
+    def describe_devices(self) -> str:
+        return self.inventory().describe_devices()
+
+    def more_devices_hint(self) -> str:
+        return self.inventory().more_devices_hint()
 
     @property
     def lease_table(self) -> LeaseTable:

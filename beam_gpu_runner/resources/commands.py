@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from unittest import mock
 
 from apache_beam.metrics.metric import MetricResults
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, WorkerOptions
 from apache_beam.pipeline import Pipeline
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.runner import PipelineResult, PipelineRunner, PipelineState
@@ -160,11 +160,14 @@ def plan_main(argv: Sequence[str]) -> int:
               "'with beam.Pipeline(...)') when run as __main__" % target, file=sys.stderr)
         return 2
     devices, error = _discover(config)
+    # Pools are sized from --num_workers, as GpuRunner sizes them.
+    num_workers = PipelineOptions(list(pipeline_args)).view_as(WorkerOptions).num_workers
     failing = 0
     for number, proto in enumerate(pipelines, 1):
         if len(pipelines) > 1:
             print("=== pipeline %d of %d ===" % (number, len(pipelines)))
-        plan = build_plan(proto, config, devices, discovery_error=error)
+        plan = build_plan(proto, config, devices, discovery_error=error,
+                          num_workers=num_workers)
         print(format_plan(plan))
         for emitted in emit_all(plan):
             print()

@@ -14,7 +14,8 @@ import psutil
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from beam_gpu_runner.resources.api import ResourceInfo
-from beam_gpu_runner.resources.assignment import GPU_RESOURCE
+from beam_gpu_runner.resources import planner
+from beam_gpu_runner.resources.assignment import DiscoveredInventory
 from beam_gpu_runner.resources.config import ExternalResourceConfig
 from beam_gpu_runner.resources.hints import (
     ACCELERATOR_URN,
@@ -23,10 +24,10 @@ from beam_gpu_runner.resources.hints import (
     MAX_ACTIVE_BUNDLES_URN,
     MIN_RAM_URN,
     InvalidHintError,
-    accelerator_matches,
     parse_accelerator,
     requirements_from_hints,
 )
+from beam_gpu_runner.resources.planner import GpuRequest, GpuVerdict
 from beam_gpu_runner.resources.requirements import NO_REQUIREMENTS, StageRequirements
 
 HONOURED = "honoured"
@@ -34,9 +35,6 @@ DEGRADED = "degraded"
 IGNORED = "ignored"
 UNSATISFIABLE = "unsatisfiable"   # the job will fail fast (ResourceShortageError)
 INVALID = "invalid"               # the hint is malformed (InvalidHintError)
-
-#: The worker pool enforces max_active_bundles_per_worker (workers/pool.py).
-POOL_HONOURS_MAX_ACTIVE_BUNDLES = True
 
 
 @dataclass(frozen=True)
@@ -100,46 +98,18 @@ def _stage_name(transforms: Sequence[str]) -> str:
         transforms[0], len(transforms) - 1)
 
 
-def _accelerator(text: str, transforms: Sequence[str], config: ExternalResourceConfig,
-                 gpus: Sequence[ResourceInfo]) -> list[HintStatus]:
+def _accelerator(text: str, transforms: Sequence[str],
+                 verdict: Optional[GpuVerdict]) -> list[HintStatus]:
+    """The planner's verdict (the one ``run`` acts on), and the flags it ignores."""
     hint = parse_accelerator(text, transforms)
     out: list[HintStatus] = []
-    spec = config.get(GPU_RESOURCE)
-    need = math.ceil(hint.count)
-    what = "%s%s" % ("a %g share of one GPU" % hint.count if hint.count < 1
-                     else "%d GPU(s)" % need,
-                     " of type %s" % hint.type if hint.type else "")
-    matching = [g for g in gpus if accelerator_matches(
-        hint.type, g.get_property("name"),
-        int(g.get_property("memory-total") or 0) or None)]
-    names = sorted({g.get_property("name") or "unnamed" for g in gpus})
-    if spec is None:
-        out.append(HintStatus("accelerator", text, UNSATISFIABLE,
-                              "needs %s but no %r resource is configured; add it to "
-                              "external-resources" % (what, GPU_RESOURCE)))
-    elif len(matching) < need:
-        out.append(HintStatus(
-            "accelerator", text, UNSATISFIABLE,
-            "needs %s; driver %r found %d GPU(s) (%s), %d matching; the job will fail "
-            "with ResourceShortageError; configure more (%s) or change the hint"
-            % (what, spec.driver_factory, len(gpus), ", ".join(names) or "none",
-               len(matching), spec.key("param.num-devices")
-               if spec.driver_factory == "testing" else spec.key("amount"))))
-    elif hint.count < 1:
-        per_device = int(1 / hint.count + 1e-9)
-        out.append(HintStatus(
-            "accelerator", text, DEGRADED,
-            "shares one GPU: memory budget %g of it per worker "
-            "(XLA_PYTHON_CLIENT_MEM_FRACTION, preallocation off), no compute isolation; "
-            "up to %d workers at once on %d matching GPU(s)"
-            % (hint.count, per_device * len(matching), len(matching))))
-    else:
-        out.append(HintStatus(
-            "accelerator", text, HONOURED,
-            "%s leased per worker from %d matching (%s); up to %d workers of this stage "
-            "at once" % (what, len(matching), ", ".join(sorted(
-                {g.get_property("name") or "unnamed" for g in matching})),
-                len(matching) // need)))
+    if verdict is not None:
+        status = {planner.HONOURED: HONOURED, planner.DEGRADED: DEGRADED,
+                  planner.UNSATISFIABLE: UNSATISFIABLE}[verdict.status]
+        detail = verdict.detail
+        if status == UNSATISFIABLE:
+            detail += "; the job will fail with ResourceShortageError"
+        out.append(HintStatus("accelerator", text, status, detail))
     if hint.install_driver:
         out.append(HintStatus("accelerator:install-nvidia-driver", text, IGNORED,
                               "the runner does not install drivers; the host's is used"))
@@ -149,7 +119,6 @@ def _accelerator(text: str, transforms: Sequence[str], config: ExternalResourceC
     return out
 
 
-
 def _host_capacity(name: str, text: str, have: int, unit: str, note: str) -> HintStatus:
     """A min_ram / cpu_count hint against what this host has."""
     if int(text) <= have:
@@ -157,8 +126,7 @@ def _host_capacity(name: str, text: str, have: int, unit: str, note: str) -> Hin
     return HintStatus(name, text, DEGRADED, "host has only %d %s; runs anyway" % (have, unit))
 
 def _stage(env_id: str, transforms: tuple[str, ...], hints: Mapping[str, bytes],
-           config: ExternalResourceConfig, gpus: Sequence[ResourceInfo],
-           host_memory: int, host_cpus: int) -> StagePlan:
+           verdict: Optional[GpuVerdict], host_memory: int, host_cpus: int) -> StagePlan:
     statuses: list[HintStatus] = []
     try:
         req = requirements_from_hints(hints, transforms)
@@ -170,7 +138,7 @@ def _stage(env_id: str, transforms: tuple[str, ...], hints: Mapping[str, bytes],
         name = HINT_NAMES.get(urn, urn)
         try:
             if urn == ACCELERATOR_URN:
-                statuses.extend(_accelerator(text, transforms, config, gpus))
+                statuses.extend(_accelerator(text, transforms, verdict))
             elif urn == MIN_RAM_URN:
                 statuses.append(_host_capacity(name, text, host_memory, "bytes",
                                                "not reserved per worker"))
@@ -178,12 +146,9 @@ def _stage(env_id: str, transforms: tuple[str, ...], hints: Mapping[str, bytes],
                 statuses.append(_host_capacity(name, text, host_cpus, "cores",
                                                "workers are not pinned"))
             elif urn == MAX_ACTIVE_BUNDLES_URN:
-                statuses.append(
-                    HintStatus(name, text, HONOURED,
-                               "the worker pool runs at most %s bundles per worker" % text)
-                    if POOL_HONOURS_MAX_ACTIVE_BUNDLES else
-                    HintStatus(name, text, IGNORED,
-                               "not enforced by the local worker pool"))
+                statuses.append(HintStatus(
+                    name, text, HONOURED,
+                    "the worker pool runs at most %s bundles per worker" % text))
             else:
                 statuses.append(HintStatus(name, text, IGNORED, "unknown hint urn"))
         except (InvalidHintError, ValueError) as exc:
@@ -196,13 +161,25 @@ def _stage(env_id: str, transforms: tuple[str, ...], hints: Mapping[str, bytes],
 def build_plan(pipeline: beam_runner_api_pb2.Pipeline, config: ExternalResourceConfig,
                devices: Mapping[str, tuple[ResourceInfo, ...]], *,
                discovery_error: Optional[str] = None, host_memory: Optional[int] = None,
-               host_cpus: Optional[int] = None) -> ResourcePlan:
-    """The plan for ``pipeline`` on a host with ``devices`` (from DeviceAllocator)."""
+               host_cpus: Optional[int] = None, num_workers: Optional[int] = None
+               ) -> ResourcePlan:
+    """The plan for ``pipeline`` on a host with ``devices`` (from DeviceAllocator),
+    its GPU verdicts from the planner ``run`` uses (``resources.planner``)."""
     memory = host_memory if host_memory is not None else psutil.virtual_memory().total
     cpus = host_cpus if host_cpus is not None else (psutil.cpu_count() or 1)
-    gpus = devices.get(GPU_RESOURCE, ())
-    stages = tuple(_stage(env_id, transforms, hints, config, gpus, memory, cpus)
-                   for env_id, transforms, hints in hinted_environments(pipeline))
+    environments = hinted_environments(pipeline)
+    requests = []
+    for env_id, transforms, hints in environments:
+        try:
+            req = requirements_from_hints(hints, transforms)
+        except InvalidHintError:
+            continue   # reported as INVALID by _stage
+        if req.needs_gpu:
+            requests.append(GpuRequest(env_id, transforms, req))
+    verdicts = planner.plan_gpus(requests, DiscoveredInventory(config, devices),
+                                 num_workers or cpus)
+    stages = tuple(_stage(env_id, transforms, hints, verdicts.get(env_id), memory, cpus)
+                   for env_id, transforms, hints in environments)
     return ResourcePlan(stages, config, dict(devices), discovery_error,
                         _count_unhinted(pipeline))
 

@@ -12,7 +12,7 @@ Some stages have no SDK implementation, or need the runner's view of time:
 Both implement ``RunnerStage``; ``runner_stages`` builds the registry of a job's
 runner-side stages from its graph's stage names (``preprocess.stage_graph``
 names them). A TestStream is not a stage: its script drives the engine
-(``bridge.test_stream``).
+(``bridge.test_stream_events``).
 """
 from __future__ import annotations
 

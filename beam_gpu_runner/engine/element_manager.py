@@ -24,7 +24,7 @@ from beam_gpu_runner.engine.events import (
     TimerUpdate, WindowedPayload)
 from beam_gpu_runner.engine.graph import InputKind, StageGraph, StageSpec
 from beam_gpu_runner.engine.sizing import Divider, SplitPolicy, plan_divisions, plan_splits
-from beam_gpu_runner.engine.test_stream import (
+from beam_gpu_runner.engine.test_stream_script import (
     AdvanceProcessingTime, AdvanceWatermark, EmitElements, TestStreamScript)
 from beam_gpu_runner.engine.timestamps import (
     MAX_TIMESTAMP, MIN_TIMESTAMP, Clock, Micros, fmt)

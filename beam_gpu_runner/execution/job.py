@@ -24,7 +24,7 @@ from beam_gpu_runner.bridge.context import JobContext
 from beam_gpu_runner.bridge.fnapi import AttemptPlan, AttemptResult
 from beam_gpu_runner.bridge.metrics import consolidate
 from beam_gpu_runner.bridge.runner_stages import runner_stages
-from beam_gpu_runner.bridge.test_stream import build_script
+from beam_gpu_runner.bridge.test_stream_events import build_script
 from beam_gpu_runner.engine.element_manager import ElementManager, StageStats
 from beam_gpu_runner.engine.events import Bundle
 from beam_gpu_runner.execution.driver import Driver

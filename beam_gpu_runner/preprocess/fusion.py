@@ -10,9 +10,9 @@ from beam_gpu_runner.bridge import beam
 from beam_gpu_runner.bridge.beam import Stage, TransformContext
 from beam_gpu_runner.bridge.reverse_test_stream import reverse_test_stream_dofns
 from beam_gpu_runner.preprocess.stage_graph import is_streaming
-from beam_gpu_runner.preprocess.test_stream import (
+from beam_gpu_runner.preprocess.test_stream_inputs import (
     test_stream_to_input, windowed_test_stream_coders)
-from beam_gpu_runner.preprocess.timing import pair_with_timing_to_runner
+from beam_gpu_runner.preprocess.pair_with_timing import pair_with_timing_to_runner
 
 
 def keep_timestamped_combiners_unlifted(stages: Iterable[Stage], context: TransformContext

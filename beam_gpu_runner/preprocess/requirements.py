@@ -5,12 +5,12 @@ import copy
 
 from apache_beam.portability.api import beam_runner_api_pb2
 from beam_gpu_runner.bridge.beam import check_requirements as beam_checks
-from beam_gpu_runner.bridge.test_stream import test_streams
+from beam_gpu_runner.bridge.test_stream_events import test_streams
 
 
 def check_requirements(pipeline_proto: beam_runner_api_pb2.Pipeline) -> None:
     """FnApiRunner's requirement checks; TestStream, which FnApiRunner refuses,
-    is a runner primitive here (see ``preprocess.test_stream``)."""
+    is a runner primitive here (see ``preprocess.test_stream_inputs``)."""
     checked = pipeline_proto
     streams = test_streams(pipeline_proto.components)
     if streams:

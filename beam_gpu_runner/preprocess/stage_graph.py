@@ -23,7 +23,7 @@ from beam_gpu_runner.bridge.runner_stages import (
     GROUPING_EVENT_TIMERS, GROUPING_PROCESSING_TIMERS)
 from beam_gpu_runner.engine.graph import (
     InputKind, InputSpec, StageGraph, StageSpec, TimerFamily)
-from beam_gpu_runner.preprocess.timing import read_buffer, timing_spec, timing_transforms
+from beam_gpu_runner.preprocess.pair_with_timing import read_buffer, timing_spec, timing_transforms
 
 
 def is_streaming(components: beam_runner_api_pb2.Components) -> bool:

@@ -9,7 +9,7 @@ from beam_gpu_runner.engine.events import (
     BundleSucceeded, JobFinished, Tick, TimerUpdate)
 from beam_gpu_runner.engine.graph import (
     InputKind, InputSpec, StageGraph, StageSpec, TimerFamily)
-from beam_gpu_runner.engine.test_stream import (
+from beam_gpu_runner.engine.test_stream_script import (
     AdvanceProcessingTime, AdvanceWatermark, EmitElements, TestStreamScript)
 from beam_gpu_runner.engine.timestamps import MAX_TIMESTAMP, MIN_TIMESTAMP
 

@@ -11,7 +11,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_gpu_runner.preprocess.fusion import fuse
-from beam_gpu_runner.preprocess import test_stream as ts_phase
+from beam_gpu_runner.preprocess import test_stream_inputs as ts_phase
 
 
 

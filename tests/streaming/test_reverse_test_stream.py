@@ -15,7 +15,7 @@ from apache_beam.testing import test_stream as beam_ts
 from apache_beam.transforms.userstate import BagStateSpec
 from apache_beam.utils.timestamp import Timestamp
 
-from beam_gpu_runner.preprocess import reverse_test_stream as rts
+from beam_gpu_runner.bridge import reverse_test_stream as rts
 from beam_gpu_runner.preprocess.fusion import fuse
 
 
@@ -138,7 +138,7 @@ def test_proto_pickling_is_registered_only_where_asked():
         "    print('picklable before')\n"
         "except Exception:\n"
         "    print('not picklable before')\n"
-        "from beam_gpu_runner.preprocess import reverse_test_stream as rts\n"
+        "from beam_gpu_runner.bridge import reverse_test_stream as rts\n"
         "try:\n"
         "    pickle.dumps(record)\n"
         "    print('picklable on import')\n"

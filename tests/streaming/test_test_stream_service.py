@@ -8,7 +8,7 @@ from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.testing import test_stream as beam_ts
 from apache_beam.testing.test_stream_service import TestStreamServiceController
 
-from beam_gpu_runner.execution.test_stream import read_service_events
+from beam_gpu_runner.bridge.test_stream_events import read_service_events
 
 
 class _Reader:

@@ -2,7 +2,7 @@
 
 The phase runs after fusion: each TestStream output becomes a data input that
 reads the buffer ``test_stream:<pcollection>``, which the runner fills from
-the stream's events (see ``bridge.test_stream``).
+the stream's events (see ``bridge.test_stream_events``).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from apache_beam.utils import proto_utils
 
 from beam_gpu_runner.bridge.beam import DATA_INPUT_URN, Stage, TransformContext
 from beam_gpu_runner.bridge.buffers import BufferId, BufferKind
-from beam_gpu_runner.bridge.test_stream import TEST_STREAM_URN, test_streams
+from beam_gpu_runner.bridge.test_stream_events import TEST_STREAM_URN, test_streams
 
 
 def test_stream_buffer(pcollection: str) -> bytes:

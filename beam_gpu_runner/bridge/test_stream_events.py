@@ -1,13 +1,13 @@
 """A pipeline's TestStream payload -> the engine's TestStreamScript.
 
-A TestStream is a runner primitive here: ``preprocess.test_stream`` turns
+A TestStream is a runner primitive here: ``preprocess.test_stream_inputs`` turns
 each of its outputs into a data input that reads ``test_stream:<pcollection>``,
 and the engine feeds those buffers from this script.
 
 Times in the payload are milliseconds. Elements are encoded for the data
 channel of the stream's output, as the consumer stage reads them: in the global
 window with the event's timestamp, or, for a ``WindowedValueHolder``, with its
-own timestamp and windows (``preprocess.test_stream.windowed_test_stream_coders``
+own timestamp and windows (``preprocess.test_stream_inputs.windowed_test_stream_coders``
 gives such an output a data-channel coder for them).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_gpu_runner.bridge.buffers import BufferId, BufferKind, Chunks
 from beam_gpu_runner.bridge.context import JobContext
-from beam_gpu_runner.engine.test_stream import (
+from beam_gpu_runner.engine.test_stream_script import (
     AdvanceProcessingTime, AdvanceWatermark, EmitElements, ScriptEvent, TestStreamScript)
 from beam_gpu_runner.engine.timestamps import MAX_TIMESTAMP, MIN_TIMESTAMP
 

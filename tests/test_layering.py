@@ -25,12 +25,14 @@ ALLOWED: dict[str, set[str]] = {
     "preprocess": {"engine", "resources", "workers"},
     "execution": {"engine", "preprocess", "workers", "placement", "resources"},
     "runner": {"execution", "preprocess", "workers", "placement", "resources", "engine",
-               "options"},
+               "options", "status", "ui"},
     "options": set(),
     "status": set(),   # plain values describing jobs, read by the UI and the job server
     "cli": set(),   # loads subcommands lazily by name
     "testing": {"runner", "options", "resources", "drivers"},
-    "jobservice": {"runner", "options", "resources", "placement"},
+    "jobservice": {"runner", "options", "resources", "placement", "status", "ui"},
+    # the web UI, JSON/Prometheus endpoints, progress line: reads status values only
+    "ui": {"status", "resources", "options"},
     "transforms": {"resources", "root"},
     "pipelines": {"transforms", "resources", "runner", "options", "root", "jobservice"},
     "root": {"resources", "runner", "options"},   # beam_gpu_runner/__init__.py

@@ -167,6 +167,16 @@ class JobServer:
             if self.ui_port is not None:
                 ui_policy = access_policy("web UI", self.ui_host, self.allow_from,
                                           self.insecure)
+            ui: Optional[UiServer] = None
+            if ui_policy is not None:   # first: a taken UI port leaves nothing bound
+                assert self.ui_port is not None
+                ui = UiServer(JobServerStatus(self.service, self._devices()), self.ui_host,
+                              self.ui_port, ui_policy)
+                try:
+                    ui.start()
+                except UiServerError as exc:
+                    raise JobServerError("start web UI", "%s:%d" % (
+                        self.ui_host, self.ui_port), str(exc)) from None
             address = _bind_address(self.host, self.requested_port)
             server = grpc.server(
                 UnboundedThreadPoolExecutor(), options=_GRPC_OPTIONS,
@@ -176,21 +186,15 @@ class JobServer:
                 self.artifacts.service, server)
             try:
                 port = server.add_insecure_port(address)
-            except RuntimeError as exc:
+                if port == 0:
+                    raise self._bind_failure(address, "the port is not available")
+            except (RuntimeError, JobServerError) as exc:
+                if ui is not None:
+                    ui.stop()
+                if isinstance(exc, JobServerError):
+                    raise
                 raise self._bind_failure(address, str(exc)) from None
-            if port == 0:
-                raise self._bind_failure(address, "the port is not available")
-            if ui_policy is not None:
-                assert self.ui_port is not None
-                ui = UiServer(JobServerStatus(self.service, self._devices()), self.ui_host,
-                              self.ui_port, ui_policy)
-                try:
-                    ui.start()
-                except UiServerError as exc:
-                    server.stop(None)
-                    raise JobServerError("start web UI", "%s:%d" % (
-                        self.ui_host, self.ui_port), str(exc)) from None
-                self.ui = ui
+            self.ui = ui
             server.start()
             self._server = server
             self.port = port

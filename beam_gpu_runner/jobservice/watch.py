@@ -27,7 +27,11 @@ _LOGGER = logging.getLogger(__name__)
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():   # a Struct's numbers are floats
+        return str(int(value))
+    return json.dumps(value, sort_keys=True)
 
 
 def job_options_text(job: Job) -> dict[str, str]:

@@ -302,7 +302,7 @@
       }
       return el("tr", { "class": "stage", "data-stage": s.name }, cells);
     });
-    return table(headers, rows, { id: "stages" });
+    return el("div", { "class": "scroll" }, table(headers, rows, { id: "stages" }));
   }
 
   function workerTable(job) {

@@ -108,14 +108,17 @@ def check_job_page(page: Any, label_match: Callable[[str], bool]) -> str:
     Returns the name of the stage whose label matched."""
     page.wait_for_selector("tr.stage")
     labels = page.locator("tr.stage td.stage-label").all_text_contents()
-    matching = [i for i, text in enumerate(labels) if label_match(text)]
+    matching = [i for i, row in enumerate(page.locator("tr.stage td.stage-label").all())
+                if label_match(row.locator(".label").text_content() or "")
+                or any(label_match(t) for t in row.locator(".transforms")
+                       .all_text_contents())]
     assert matching, labels
     row = page.locator("tr.stage").nth(matching[0])
     stage = row.get_attribute("data-stage")
     assert page.locator("#graph g.stage-node").count() == len(labels)
-    graph_text = page.locator('#graph g.stage-node[data-stage="%s"] text' % stage) \
-        .first.text_content()
-    assert graph_text is not None and graph_text.startswith("<img")
+    node = page.locator('#graph g.stage-node[data-stage="%s"]' % stage)
+    title = node.locator("title").text_content() or ""     # label, then its transforms
+    assert any(label_match(line) for line in title.splitlines()), title
     cell = 'tr.stage[data-stage="%s"] td.elements-in' % stage
     first = number(page.locator(cell).text_content() or "0")
     eventually(lambda: number(page.locator(cell).text_content() or "0") > first,
@@ -198,6 +201,7 @@ def test_a_real_gpu_runner_streaming_job(page: Any, tmp_path: Path) -> None:
     try:
         job_id = result.status().job_id
         page.goto(server.url + "jobs/" + job_id)
+        # the stage's label or the transforms fused into it name the hinted ParDo
         check_job_page(page, lambda text: XSS_LABEL in text)
         screenshot(page, tmp_path, "ui-job-real.png")
         page.goto(server.url + "devices")

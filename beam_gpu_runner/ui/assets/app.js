@@ -285,7 +285,9 @@
     var rows = (job.stages || []).map(function (s) {
       var rate = throughput(s, now);
       var cells = [
-        el("td", { "class": "stage-label" }, s.label || s.name),
+        el("td", { "class": "stage-label" }, el("div", { "class": "label" }, s.label || s.name),
+          (s.transforms || []).length ? el("div", { "class": "transforms muted" },
+            s.transforms.join(" · ")) : null),
         el("td", { "class": "num elements-in" }, fmtInt(s.elements_in)),
         el("td", { "class": "num elements-out" }, fmtInt(s.elements_out)),
         el("td", { "class": "num" }, fmtBytes(s.bytes_in)),

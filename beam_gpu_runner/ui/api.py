@@ -9,6 +9,7 @@ whatever the source put in ``JobStatus.options``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, Mapping, Optional, Sequence
 
@@ -78,9 +79,21 @@ def devices_document(devices: Sequence[DeviceStatus], now: float) -> dict[str, A
     return {"now": now, "devices": [to_json(d) for d in devices]}
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities (e.g. the mean of an empty
+    distribution) as None, which JSON can carry."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def find_job(jobs: Sequence[JobStatus], job_id: str) -> Optional[JobStatus]:
     return next((j for j in jobs if j.job_id == job_id), None)
 
 
 __all__ = ["DROPPED_OPTIONS", "HIDDEN", "devices_document", "find_job", "job_document",
-           "job_summary", "jobs_document", "public_options", "stage_done"]
+           "job_summary", "jobs_document", "json_safe", "public_options", "stage_done"]

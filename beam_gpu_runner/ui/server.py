@@ -87,6 +87,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "beam-gpu-runner-ui"
     sys_version = ""
+    timeout = 120.0     # an idle keep-alive connection is closed after this long
 
     # -- plumbing --------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:
@@ -106,7 +107,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _send_json(self, status: int, doc: Any) -> None:
-        body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        body = json.dumps(api.json_safe(doc), separators=(",", ":"),
+                          allow_nan=False).encode("utf-8")
         self._send(status, body, "application/json; charset=utf-8")
 
     def _error(self, status: int, message: str) -> None:

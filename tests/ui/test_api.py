@@ -71,3 +71,14 @@ def test_jobs_and_devices_documents() -> None:
     ddoc = api.devices_document([device], now=5.0)
     assert ddoc["devices"][0]["holder_worker"] == "worker-2"
     assert ddoc["devices"][0]["fake"] is True
+
+
+def test_non_finite_numbers_become_null() -> None:
+    from beam_gpu_runner.status import JobStatus, MetricStatus
+    job = JobStatus("j", "j", "RUNNING", 1.0, metrics=(MetricStatus(
+        "ns", "empty", "distribution", value={"count": 0, "mean": float("nan"),
+                                              "max": float("-inf")}),))
+    doc = api.json_safe(api.job_document(job, now=2.0))
+    text = json.dumps(doc, allow_nan=False)
+    assert json.loads(text)["job"]["metrics"][0]["value"] == {
+        "count": 0, "mean": None, "max": None}

@@ -17,6 +17,7 @@ setup(
         "beam_gpu_runner.placement",
         "beam_gpu_runner.resources",
         "beam_gpu_runner.jobservice",
+        "beam_gpu_runner.ui",
         "beam_gpu_runner.drivers",
         "beam_gpu_runner.transforms",
         "beam_gpu_runner.pipelines",
@@ -31,6 +32,7 @@ setup(
     package_data={
         "beam_gpu_runner.drivers": ["scripts/*.sh", "scripts/*.py"],
         "beam_gpu_runner.transforms": ["data/*", "data/*/*"],
+        "beam_gpu_runner.ui": ["assets/*"],
     },
     include_package_data=True,
     install_requires=[
@@ -44,6 +46,8 @@ setup(
         "filelock>=3.12",
         "psutil>=5.9",
         "PyYAML>=6.0",
+        # The web UI's /metrics in Prometheus' text format (escaping, types).
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "ray": ["ray[default]>=2.40,<3"],
@@ -57,6 +61,9 @@ setup(
             "pytest-timeout>=2.3",
             "mypy>=1.10",
             "matplotlib>=3.8",
+            # The web UI's browser test drives Debian's /usr/bin/chromium (never
+            # `playwright install`: no browser download).
+            "playwright>=1.40",
         ],
         "bench": ["matplotlib>=3.8"],
     },

@@ -14,6 +14,8 @@ from typing import Callable, Optional, Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "job-server": ("beam_gpu_runner.jobservice.main:main",
                    "run a Beam Job API server (PortableRunner --job_endpoint)"),
+    "jobs": ("beam_gpu_runner.jobservice.client:jobs_main",
+             "list a job server's jobs: id, name, state (--job_endpoint HOST:PORT)"),
     "drain": ("beam_gpu_runner.jobservice.client:drain_main",
               "drain a job of a job server by id (sources stop, windows fire)"),
     "resources": ("beam_gpu_runner.resources.commands:resources_main",

@@ -29,6 +29,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "expected a port number 0-65535 (0: any free port), got %r" % text) from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            "expected a port number 0-65535 (0: any free port), got %r" % text)
+    return value
+
+
 def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -77,6 +89,23 @@ class GpuRunnerOptions(PipelineOptions):
             "--lease_dir", default=None,
             help="Folder for the host-wide GPU lease file "
                  "(default: $BEAM_GPU_RUNNER_LEASE_DIR or the temp folder).")
+        group.add_argument(
+            "--ui_port", type=_port, default=None,
+            help="Serve the web UI of this run (job, stages, devices, /metrics) on "
+                 "this port while it runs; 0 picks a free one (the URL is logged). "
+                 "Default: no UI.")
+        group.add_argument(
+            "--ui_host", default="127.0.0.1",
+            help="Address the web UI binds (default 127.0.0.1, loopback only). "
+                 "Beyond loopback it needs --allow_from or --insecure.")
+        group.add_argument(
+            "--allow_from", action="append", default=None, metavar="CIDR[,CIDR]",
+            help="Client networks the web UI accepts, e.g. 10.0.0.0/8 (repeatable; "
+                 "others get 403). Needed when --ui_host is beyond loopback.")
+        group.add_argument(
+            "--insecure", action="store_true", default=False,
+            help="Let a web UI bound beyond loopback accept any client (logged as a "
+                 "warning); prefer --allow_from.")
 
 
 def num_workers(options: PipelineOptions) -> int:

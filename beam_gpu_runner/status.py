@@ -38,6 +38,9 @@ class DeviceStatus:
     utilization_percent: Optional[float] = None
     memory_used_bytes: Optional[int] = None
     memory_total_bytes: Optional[int] = None
+    #: recent NVML samples of a real device, oldest first:
+    #: (time, utilisation percent or None, memory used bytes or None)
+    samples: tuple[tuple[float, Optional[float], Optional[int]], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""``beam-gpu-runner drain``: drain a job of a running job server by id.
+"""``beam-gpu-runner drain`` and ``beam-gpu-runner jobs``: a job server's
+jobs from the command line.
+
+    beam-gpu-runner jobs [--job_endpoint HOST:PORT]
+
+lists the server's jobs (id, name, state) through the Job API's ``GetJobs``.
 
     beam-gpu-runner drain JOB_ID [--job_endpoint HOST:PORT] [--no_wait]
         [--timeout SECONDS]
@@ -22,6 +27,8 @@ from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 from beam_gpu_runner.jobservice.job import is_terminal, state_name
 
 DEFAULT_ENDPOINT = "localhost:8099"   # the job server's default port
+#: How long ``jobs`` waits for an answer (a server that answers nothing fails).
+JOBS_TIMEOUT_S = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,16 +77,57 @@ def drain_main(argv: Optional[Sequence[str]] = None) -> int:
         channel.close()
 
 
-def _report(exc: grpc.RpcError, endpoint: str) -> int:
+def _report(exc: grpc.RpcError, endpoint: str, command: str = "drain") -> int:
     code = exc.code() if hasattr(exc, "code") else None
     if code == grpc.StatusCode.UNAVAILABLE:
-        print("beam-gpu-runner drain: no job server answers at %s (start one with "
-              "beam-gpu-runner job-server, or pass --job_endpoint)" % endpoint,
+        print("beam-gpu-runner %s: no job server answers at %s (start one with "
+              "beam-gpu-runner job-server, or pass --job_endpoint)" % (command, endpoint),
               file=sys.stderr)
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        print("beam-gpu-runner drain: gave up waiting (--timeout); the job may still "
-              "be draining", file=sys.stderr)
+        if command == "drain":
+            print("beam-gpu-runner drain: gave up waiting (--timeout); the job may still "
+                  "be draining", file=sys.stderr)
+        else:
+            print("beam-gpu-runner %s: %s did not answer within %.0f s (is it a job "
+                  "server?)" % (command, endpoint, JOBS_TIMEOUT_S), file=sys.stderr)
     else:
         details = exc.details() if hasattr(exc, "details") else str(exc)
-        print("beam-gpu-runner drain: %s" % details, file=sys.stderr)
+        print("beam-gpu-runner %s: %s" % (command, details), file=sys.stderr)
     return 1
+
+
+def build_jobs_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="beam-gpu-runner jobs",
+        description="List a job server's jobs: id, name and state (the Job API's GetJobs).")
+    parser.add_argument("--job_endpoint", default=DEFAULT_ENDPOINT,
+                        help="the job server (default %(default)s)")
+    return parser
+
+
+def format_jobs(jobs: Sequence[beam_job_api_pb2.JobInfo]) -> str:
+    """Jobs as an aligned table, oldest first."""
+    rows = [("JOB ID", "NAME", "STATE")] + [
+        (j.job_id, j.job_name, state_name(j.state)) for j in jobs]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join("%-*s  %-*s  %s" % (widths[0], r[0], widths[1], r[1], r[2])
+                     for r in rows)
+
+
+def jobs_main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_jobs_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    channel = grpc.insecure_channel(args.job_endpoint)
+    try:
+        stub = beam_job_api_pb2_grpc.JobServiceStub(channel)
+        try:
+            response = stub.GetJobs(beam_job_api_pb2.GetJobsRequest(),
+                                    timeout=JOBS_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            return _report(exc, args.job_endpoint, "jobs")
+    finally:
+        channel.close()
+    if not response.job_info:
+        print("no jobs on %s" % args.job_endpoint)
+        return 0
+    print(format_jobs(list(response.job_info)))
+    return 0

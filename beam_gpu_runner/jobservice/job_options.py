@@ -11,7 +11,10 @@ are the deployment's settings and are merged into every job:
 * ``external_resources_config``: the job's file when it names one, else the
   server's;
 * ``placement`` (and ``ray_address``): the server's when given; where workers
-  run is the deployment's choice, not the client's.
+  run is the deployment's choice, not the client's;
+* ``ui_port``, ``ui_host``, ``allow_from``, ``insecure``: dropped; the server
+  serves one web UI for all its jobs (``job-server --ui_port``), and a client
+  may not open ports or widen access on the server's host.
 """
 from __future__ import annotations
 
@@ -131,9 +134,13 @@ def options_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     return values
 
 
+#: GpuRunner options a job may not set on the server (see the module docstring).
+SERVER_ONLY_OPTIONS = ("ui_port", "ui_host", "allow_from", "insecure")
+
+
 def merge_server_defaults(values: dict[str, Any], defaults: ServerJobDefaults
                           ) -> dict[str, Any]:
-    merged = dict(values)
+    merged = {k: v for k, v in values.items() if k not in SERVER_ONLY_OPTIONS}
     job_keys = list(merged.get("external_resource") or [])
     if defaults.external_resources or job_keys:
         merged["external_resource"] = list(defaults.external_resources) + job_keys
@@ -158,7 +165,8 @@ def _descriptor(action: argparse.Action, group: str) -> beam_job_api_pb2.Pipelin
         kind = OptionType.BOOLEAN
     elif isinstance(action, argparse._AppendAction):
         kind = OptionType.ARRAY
-    elif action.type is int or getattr(action.type, "__name__", "") == "_positive_int":
+    elif action.type is int or getattr(action.type, "__name__", "") in ("_positive_int",
+                                                                          "_port"):
         kind = OptionType.INTEGER
     elif action.type is float or getattr(action.type, "__name__", "") == "_positive_float":
         kind = OptionType.NUMBER

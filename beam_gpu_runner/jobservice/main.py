@@ -1,7 +1,8 @@
 """``beam-gpu-runner job-server``: run a Beam Job API server.
 
     beam-gpu-runner job-server --port 8099 [--host 127.0.0.1]
-        [--external_resources_config PATH] [--external_resource K=V ...]
+        [--allow_from CIDR[,CIDR] | --insecure] [--ui_port PORT [--ui_host HOST]]
+        [--fake_gpus N] [--external_resources_config PATH] [--external_resource K=V ...]
         [--placement local|ray] [--executor module:factory]
 
 Clients submit with ``--runner=PortableRunner --job_endpoint=HOST:PORT``.
@@ -17,6 +18,14 @@ own GPU workers, whatever the environment. Staged files
 client staged or what the server already has.
 SIGTERM or Ctrl-C stops the server cleanly: running jobs are cancelled (their
 executor ends their workers and releases GPU leases) before it exits.
+
+Both the Job API and the web UI (``--ui_port``) bind loopback by default.
+Bound beyond loopback, the server refuses to start unless ``--allow_from``
+names the client networks (every RPC and HTTP request is checked) or
+``--insecure`` accepts anyone (a warning at start). A port that is taken fails
+the start at once. ``--fake_gpus N`` gives every job N fake GPUs from the
+testing driver (for hosts without GPUs); a job's own external-resource keys
+still override them.
 """
 from __future__ import annotations
 
@@ -32,6 +41,7 @@ from beam_gpu_runner.jobservice.executor import (
     DEFAULT_EXECUTOR, ExecutorLoadError, load_executor)
 from beam_gpu_runner.jobservice.job_options import ServerJobDefaults
 from beam_gpu_runner.jobservice.server import JobServer, JobServerError
+from beam_gpu_runner.ui.access import AccessConfigError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -69,7 +79,53 @@ def build_parser() -> argparse.ArgumentParser:
                         help="What runs the jobs (default %(default)s).")
     parser.add_argument("--shutdown_timeout", type=float, default=30.0,
                         help="Seconds to wait for cancelled jobs at shutdown.")
+    parser.add_argument("--allow_from", action="append", default=[],
+                        metavar="CIDR[,CIDR]",
+                        help="Client networks allowed to use the Job API and the web UI, "
+                             "e.g. 10.0.0.0/8 (repeatable); others are refused and logged. "
+                             "Required when --host or --ui_host is beyond loopback, "
+                             "unless --insecure.")
+    parser.add_argument("--insecure", action="store_true",
+                        help="Accept ANY client when bound beyond loopback (logged as a "
+                             "warning). The server runs whatever code clients submit: "
+                             "prefer --allow_from.")
+    parser.add_argument("--ui_port", type=_port, default=None,
+                        help="Serve the web UI (jobs, stages, devices, /metrics) on this "
+                             "port; 0 picks a free one. Default: no UI.")
+    parser.add_argument("--ui_host", default="127.0.0.1",
+                        help="Address the web UI binds (default 127.0.0.1).")
+    parser.add_argument("--fake_gpus", type=_count, default=None, metavar="N",
+                        help="Give every job N fake GPUs from the testing driver (hosts "
+                             "without GPUs); a job's own external-resource keys override.")
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            "expected a port number 0-65535 (0: any free port), got %r" % text)
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a whole number >= 1, got %r" % text)
+    return value
+
+
+def fake_gpu_keys(count: int) -> tuple[str, ...]:
+    """The testing driver's keys that fake ``count`` GPUs (drivers/testing.py)."""
+    return ("external-resources=gpu",
+            "external-resource.gpu.driver-factory.class=testing",
+            "external-resource.gpu.param.num-devices=%d" % count)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -84,20 +140,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ExecutorLoadError as exc:
         print("beam-gpu-runner job-server: %s" % exc, file=sys.stderr)
         return 2
+    fake = fake_gpu_keys(args.fake_gpus) if args.fake_gpus else ()
     defaults = ServerJobDefaults(
         external_resources_config=args.external_resources_config,
-        external_resources=tuple(args.external_resource),
+        # The fake GPUs first: the server's own keys, then each job's, override them.
+        external_resources=fake + tuple(args.external_resource),
         placement=args.placement,
         ray_address=args.ray_address)
     server = JobServer(executor, args.host, args.port, staging_dir=args.staging_dir,
                        defaults=defaults, advertised_host=args.advertised_host,
                        shutdown_timeout_s=args.shutdown_timeout,
-                       keep_staged=args.keep_staged)
+                       keep_staged=args.keep_staged, allow_from=args.allow_from,
+                       insecure=args.insecure, ui_port=args.ui_port, ui_host=args.ui_host)
     try:
         server.start()
+    except AccessConfigError as exc:
+        print("beam-gpu-runner job-server: %s" % exc, file=sys.stderr)
+        return 2
     except JobServerError as exc:
         print("beam-gpu-runner job-server: %s" % exc, file=sys.stderr)
         return 1
+    if args.fake_gpus:
+        _LOGGER.info("Every job gets %d fake GPU(s) from the testing driver (--fake_gpus "
+                     "%d): %s", args.fake_gpus, args.fake_gpus, " ".join(fake))
     _LOGGER.info("Executor: %s. Submit with --runner=PortableRunner "
                  "--job_endpoint=%s --environment_type=LOOPBACK",
                  args.executor, server.endpoint)

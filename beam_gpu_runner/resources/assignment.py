@@ -191,8 +191,10 @@ class DeviceAllocator:
 
     # -- assignment ------------------------------------------------------------
     def acquire(self, stage_name: str, requirements: StageRequirements,
-                hint_text: Optional[str] = None, worker_id: str = "worker") -> Assignment:
-        """Lease what ``requirements`` asks for, for worker ``worker_id``.
+                hint_text: Optional[str] = None, worker_id: str = "worker",
+                job: str = "") -> Assignment:
+        """Lease what ``requirements`` asks for, for worker ``worker_id`` of job
+        ``job`` (its id, shown as the holder on the devices page).
 
         Raises ResourceShortageError when the host cannot give it.
         """
@@ -222,7 +224,7 @@ class DeviceAllocator:
                                 g.get_property("index") or "", g.get_property("name") or "")
                       for g in matching]
         outcome = self.lease_table.acquire(
-            candidates, need, share, holder="%s/%s" % (stage_name, worker_id))
+            candidates, need, share, holder="%s/%s" % (stage_name, worker_id), job=job)
         if not outcome.ok:
             raise ResourceShortageError(self._shortage(
                 stage_name, requirements, hint_text, worker_id, spec, gpus, matching,

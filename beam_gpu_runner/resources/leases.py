@@ -20,7 +20,7 @@ import os
 import tempfile
 import threading
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable, Optional, Sequence
 
 import filelock
@@ -74,13 +74,18 @@ class Lease:
     resource: str = ""
     index: str = ""
     name: str = ""
+    job: str = ""            # the holding job's id ("" when not given)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> "Lease":
-        return cls(**doc)
+        # Keys a newer version added are ignored, so versions can share a file.
+        return cls(**{k: v for k, v in doc.items() if k in _LEASE_FIELDS})
+
+
+_LEASE_FIELDS = frozenset(f.name for f in fields(Lease))
 
 
 @dataclass(frozen=True)
@@ -174,12 +179,13 @@ class LeaseTable:
 
     # -- public API ----------------------------------------------------------
     def acquire(self, candidates: Sequence[Candidate], count: int, share: float = 1.0,
-                holder: str = "") -> LeaseOutcome:
+                holder: str = "", job: str = "") -> LeaseOutcome:
         """Lease ``count`` distinct candidates, ``share`` of each, atomically.
 
         Whole devices (share 1.0) go to free candidates in the given order; a
         fraction goes to the fullest candidate it still fits on (best fit, so
-        whole devices stay free for others). All or nothing.
+        whole devices stay free for others). All or nothing. ``holder`` and
+        ``job`` only label the leases (``resources``, the devices page).
         """
         if count < 1 or not 0 < share <= 1.0:
             raise ValueError("acquire: count must be >= 1 and 0 < share <= 1, got "
@@ -200,7 +206,7 @@ class LeaseTable:
             new = tuple(
                 Lease(lease_id=uuid.uuid4().hex, device_key=c.device_key, share=share,
                       pid=self._pid, start_time=self._start_time, holder=holder,
-                      resource=c.resource, index=c.index, name=c.name)
+                      resource=c.resource, index=c.index, name=c.name, job=job)
                 for _, c in fitting[:count])
             self._write(live + list(new))
             self._mine.update(lease.lease_id for lease in new)

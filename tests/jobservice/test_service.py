@@ -17,7 +17,7 @@ from apache_beam.runners.job import utils as job_utils
 from apache_beam.runners.portability import artifact_service
 
 from beam_gpu_runner.jobservice.artifacts import staged_files
-from beam_gpu_runner.jobservice.client import drain_main
+from beam_gpu_runner.jobservice.client import drain_main, jobs_main
 from beam_gpu_runner.jobservice.job_options import ServerJobDefaults
 from beam_gpu_runner.jobservice.main import main as job_server_main
 from beam_gpu_runner.jobservice.server import JobServer
@@ -378,6 +378,34 @@ def test_drain_command_without_a_server_says_so(capsys: pytest.CaptureFixture[st
     assert "no job server answers at %s" % endpoint in err
 
 
+def test_jobs_command_lists_ids_names_and_states(stub: object, server: JobServer,
+                                                 executor: ControlledExecutor,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from beam_gpu_runner.cli import SUBCOMMANDS
+    assert SUBCOMMANDS["jobs"][0] == "beam_gpu_runner.jobservice.client:jobs_main"
+    assert jobs_main(["--job_endpoint", server.endpoint]) == 0
+    assert capsys.readouterr().out == "no jobs on %s\n" % server.endpoint
+    first = prepare(stub, "wordcount").preparation_id
+    run(stub, first)
+    executor.result("wordcount").finish()
+    assert final_state(stub, first) == JobState.DONE  # type: ignore[arg-type]
+    second = prepare(stub, "a-much-longer-name").preparation_id
+    assert jobs_main(["--job_endpoint", server.endpoint]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    width = len(second)
+    assert lines == [
+        "%-*s  %-*s  STATE" % (width, "JOB ID", len("a-much-longer-name"), "NAME"),
+        "%-*s  %-*s  DONE" % (width, first, len("a-much-longer-name"), "wordcount"),
+        "%s  a-much-longer-name  STOPPED" % second]
+
+
+def test_jobs_command_without_a_server_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    endpoint = "localhost:%d" % pick_free_port()
+    assert jobs_main(["--job_endpoint", endpoint]) == 1
+    err = capsys.readouterr().err
+    assert "beam-gpu-runner jobs: no job server answers at %s" % endpoint in err
+
+
 def test_cancel_prepared_job_then_run_is_refused(stub: object) -> None:
     job_id = prepare(stub, "never").preparation_id
     response = stub.Cancel(beam_job_api_pb2.CancelJobRequest(job_id=job_id))  # type: ignore[attr-defined]
@@ -397,6 +425,48 @@ def test_main_rejects_unloadable_executor(capsys: pytest.CaptureFixture[str]) ->
 def test_main_rejects_malformed_external_resource(capsys: pytest.CaptureFixture[str]) -> None:
     assert job_server_main(["--port", "0", "--external_resource", "gpu"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_main_refuses_to_bind_beyond_loopback_without_allow_from_or_insecure(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert job_server_main(["--port", "0", "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "--allow_from=CIDR" in err and "--insecure" in err and "0.0.0.0" in err
+    assert job_server_main(["--port", "0", "--ui_port", "0", "--ui_host", "0.0.0.0"]) == 2
+    assert "web UI" in capsys.readouterr().err
+    assert job_server_main(["--port", "0", "--allow_from", "10.0.0.0/33"]) == 2
+    assert "--allow_from=10.0.0.0/33" in capsys.readouterr().err
+
+
+def test_fake_gpus_reach_every_job_and_a_job_may_override_them() -> None:
+    from beam_gpu_runner.jobservice.job_options import job_pipeline_options
+    from beam_gpu_runner.jobservice.main import build_parser, fake_gpu_keys
+    from beam_gpu_runner.resources.config import ExternalResourceConfig
+    assert build_parser().parse_args(["--fake_gpus", "3"]).fake_gpus == 3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--fake_gpus", "0"])
+    defaults = ServerJobDefaults(external_resources=fake_gpu_keys(3))
+    spec = ExternalResourceConfig.from_options(
+        job_pipeline_options(job_utils.dict_to_struct({}), defaults)).get("gpu")
+    assert spec is not None
+    assert (spec.driver_factory, spec.params) == ("testing", {"num-devices": "3"})
+    own = job_utils.dict_to_struct({"beam:option:external_resource:v1": [
+        "external-resource.gpu.param.num-devices=1"]})
+    spec = ExternalResourceConfig.from_options(
+        job_pipeline_options(own, defaults)).get("gpu")
+    assert spec is not None and spec.params == {"num-devices": "1"}
+
+
+def test_a_job_cannot_open_the_servers_ui_or_widen_its_access(
+        stub: object, executor: ControlledExecutor) -> None:
+    job_id = prepare(stub, "sneaky", ui_port="8080", ui_host="0.0.0.0", insecure=True,
+                     allow_from=["0.0.0.0/0"]).preparation_id
+    run(stub, job_id)
+    gpu = executor.options["sneaky"].view_as(GpuRunnerOptions)
+    assert (gpu.ui_port, gpu.ui_host, gpu.insecure, gpu.allow_from) == (
+        None, "127.0.0.1", False, None)
+    executor.result("sneaky").finish()
+    assert final_state(stub, job_id) == JobState.DONE  # type: ignore[arg-type]
 
 
 def test_job_options_pickle_errors() -> None:

@@ -202,3 +202,10 @@ def test_discovery_happens_once(tmp_path: Path) -> None:
 
 def test_spec_keys() -> None:
     assert ResourceSpec("gpu", "gpu").key("amount") == "external-resource.gpu.amount"
+
+
+def test_leases_name_the_job_that_holds_them(tmp_path: Path) -> None:
+    with allocator(tmp_path) as alloc:
+        alloc.acquire("Classify", ONE, "type:nvidia-h100;count:1", "worker-1", job="job-7")
+        (lease,) = alloc.lease_table.snapshot()
+        assert (lease.job, lease.holder) == ("job-7", "Classify/worker-1")

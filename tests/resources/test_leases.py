@@ -183,3 +183,24 @@ def test_lease_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 def test_lease_error_pickles() -> None:
     err = LeaseError("lease file x is not the JSON beam-gpu-runner writes")
     assert str(pickle.loads(pickle.dumps(err))) == str(err)
+
+
+def test_leases_record_their_job_and_files_with_unknown_keys_still_read(
+        tmp_path: Path) -> None:
+    table = LeaseTable(str(tmp_path))
+    outcome = table.acquire(DEVICES, 1, holder="Classify/worker-1", job="job-42")
+    assert outcome.leases[0].job == "job-42"
+    (stored,) = raw_leases(tmp_path)
+    assert stored["job"] == "job-42" and stored["holder"] == "Classify/worker-1"
+    # a lease written by a newer version with a key this one does not know
+    path = tmp_path / "beam-gpu-runner-leases.json"
+    doc = json.loads(path.read_text())
+    doc["leases"][0]["future_key"] = 1
+    path.write_text(json.dumps(doc))
+    (lease,) = table.snapshot()
+    assert lease.job == "job-42"
+    # and one written before leases had a job
+    del doc["leases"][0]["job"]
+    path.write_text(json.dumps(doc))
+    assert table.snapshot()[0].job == ""
+    table.close()

@@ -28,6 +28,8 @@ from beam_gpu_runner.preprocess.fusion import fuse
 from beam_gpu_runner.preprocess.requirements import check_requirements
 from beam_gpu_runner.preprocess.stage_graph import build_job_graph, is_streaming
 from beam_gpu_runner.resources.planner import DeviceInventory
+from beam_gpu_runner.ui.progress import show_progress
+from beam_gpu_runner.ui.sources import serve_run
 from beam_gpu_runner.workers.plan import plan_pools
 from beam_gpu_runner.workers.factory import ProcessWorkerFactory
 from beam_gpu_runner.workers.registry import WorkerRegistry
@@ -102,9 +104,25 @@ class GpuRunner(PipelineRunner):
             .allow_non_deterministic_key_coders))
         proto = pipeline.to_runner_api(default_environment=worker_environment())
         result = self.run_via_runner_api(proto, options)
-        if not options.view_as(pipeline_options.StandardOptions).streaming:
-            # Like Beam's DirectRunner, a batch run() returns when it is done.
+        ui = serve_run(result.status, options)   # None unless --ui_port
+        if options.view_as(pipeline_options.StandardOptions).streaming:
+            if ui is not None:
+                result.when_done(ui.stop)
+            return result
+        # Like Beam's DirectRunner, a batch run() returns when it is done;
+        # in a terminal it shows its progress meanwhile.
+        progress = show_progress(result.status)
+        try:
             result.wait_until_finish()
+        except KeyboardInterrupt:
+            progress.stop()
+            _LOG.info("Interrupted: cancelling the job")
+            result.cancel()
+            raise
+        finally:
+            progress.stop()
+            if ui is not None:
+                ui.stop()
         return result
 
     def run_via_runner_api(self, pipeline_proto: beam_runner_api_pb2.Pipeline,
@@ -150,13 +168,14 @@ class GpuRunner(PipelineRunner):
             beam_provision_api_pb2.ProvisionInfo(
                 retrieval_token="unused-retrieval-token", pipeline_options=struct))
         registry = WorkerRegistry(provision, host=placement.advertise_host())
+        job_id = _job_id(options)
         factory = ProcessWorkerFactory(
             registry, placement, dict(stage_context.components.environments),
             options_json(portable), gpu_options.worker_start_timeout,
-            devices, pools.stage_names, pools.hint_texts)
+            devices, pools.stage_names, pools.hint_texts, job_id=job_id)
         pool_ids = {key: "pool%d" % i for i, key in enumerate(pools.sizes)}
         plan = JobPlan(
-            job_id=_job_id(options), name=_job_name(options), stages=tuple(stages),
+            job_id=job_id, name=_job_name(options), stages=tuple(stages),
             stage_context=stage_context, graph=graph,
             pools={pool_ids[key]: PoolSpec(key, size, pools.bundles_per_worker[key])
                    for key, size in pools.sizes.items()},

@@ -381,8 +381,9 @@ class ElementManager:
                    bundle.stage, state.ready[0].id)
 
     def _on_split_refused(self, event: SplitRefused) -> None:
-        self._in_flight(event.bundle_id, "SplitRefused")
-        running = self._running[event.bundle_id]
+        running = self._running.get(event.bundle_id)
+        if running is None:
+            return   # it ended before its answer came: nothing to split any more
         running.split_pending = False
         running.refusals += 1
         running.not_before = (self._clock()

@@ -106,6 +106,7 @@ class GpuJob:
         self._snapshot: dict[str, StageStats] = {}
         self._snapshot_at = 0.0
         self.error: Optional[BaseException] = None
+        self._when_done: list[Callable[[], None]] = []
         self.started_at = time.time()
         self.ended_at: Optional[float] = None
 
@@ -125,6 +126,14 @@ class GpuJob:
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         return self._done.wait(timeout)
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the job has ended (at once if it has)."""
+        with self._lock:
+            if not self._done.is_set():
+                self._when_done.append(callback)
+                return
+        callback()
 
     def cancel(self) -> None:
         """Stop at once, dropping buffered data (does not wait)."""
@@ -185,7 +194,15 @@ class GpuJob:
                 self._lifecycle.finished(outcome)
                 self.ended_at = time.time()
             self._notify()
-            self._done.set()
+            with self._lock:
+                self._done.set()
+                callbacks, self._when_done = self._when_done, []
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:
+                    _LOG.warning("A when_done callback of job %s failed", self.plan.job_id,
+                                 exc_info=True)
 
     def _run(self) -> None:
         plan = self.plan

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
@@ -62,6 +62,10 @@ class GpuPipelineResult(PipelineResult):
     def monitoring_infos(self) -> list[Any]:
         return [info for infos in self._job.monitoring_infos_by_stage().values()
                 for info in infos]
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the job's thread) once the job has ended."""
+        self._job.when_done(callback)
 
     def status(self) -> JobStatus:
         """The job's stages, workers, counts, watermarks, metrics and error

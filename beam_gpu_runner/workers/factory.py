@@ -50,7 +50,7 @@ class DeviceSource(Protocol):
     """What the pool needs of the resource framework's allocator."""
 
     def acquire(self, stage_name: str, requirements: Any, hint_text: str,
-                worker_id: str) -> Assignment: ...
+                worker_id: str, job: str = "") -> Assignment: ...
 
     def release(self, assignment: Assignment) -> None: ...
 
@@ -106,6 +106,7 @@ class ProcessWorkerFactory:
         devices: Optional[DeviceSource],
         stage_names: Mapping[PoolKey, list[str]],
         hint_texts: Mapping[PoolKey, str],
+        job_id: str = "",
     ) -> None:
         self._registry = registry
         self._placement = placement
@@ -115,6 +116,7 @@ class ProcessWorkerFactory:
         self._devices = devices
         self._stage_names = stage_names
         self._hint_texts = hint_texts
+        self._job_id = job_id
         self._assignments: dict[str, Assignment] = {}
         staging_dir = getattr(registry.provision_info, "artifact_staging_dir", None)
         self._stager = (EnvironmentStager(os.path.join(staging_dir, "workers"))
@@ -224,7 +226,8 @@ class ProcessWorkerFactory:
                 % (self._stage_names.get(key), key.requirements.describe()))
         stages = self._stage_names.get(key) or [key.environment_id]
         assignment = self._devices.acquire(
-            ", ".join(stages), key.requirements, self._hint_texts.get(key, ""), worker_id)
+            ", ".join(stages), key.requirements, self._hint_texts.get(key, ""), worker_id,
+            job=self._job_id)
         self._assignments[worker_id] = assignment
         return assignment.env()
 

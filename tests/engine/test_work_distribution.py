@@ -148,3 +148,10 @@ def test_a_split_of_a_bundle_not_in_flight_is_an_error():
     em, _, src = make()
     with pytest.raises(ValueError, match="not in flight"):
         em.handle(BundleSplit("nope", primary={}, residual={}))
+
+
+def test_a_refusal_that_comes_after_the_bundle_ended_is_ignored():
+    em, _, src = make()
+    assert em.handle(SplitRefused(src.id)) == []   # still running: backs off
+    em.handle(BundleSucceeded(src.id))
+    assert em.handle(SplitRefused(src.id)) == []

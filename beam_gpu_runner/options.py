@@ -106,6 +106,12 @@ class GpuRunnerOptions(PipelineOptions):
             "--insecure", action="store_true", default=False,
             help="Let a web UI bound beyond loopback accept any client (logged as a "
                  "warning); prefer --allow_from.")
+        group.add_argument(
+            "--accelerator_chaining", default="on", choices=("on", "off"),
+            help="on (default): unhinted transforms next to an accelerator stage run "
+                 "in it, on its workers, as Flink chains operators (no bytes cross "
+                 "processes); off: hinted transforms run apart from their neighbours, "
+                 "Dataflow-style, for CPU-heavy neighbours.")
 
 
 def num_workers(options: PipelineOptions) -> int:

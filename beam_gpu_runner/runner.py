@@ -133,7 +133,8 @@ class GpuRunner(PipelineRunner):
         validate_pipeline_graph(pipeline_proto)
         check_requirements(pipeline_proto)   # FnApiRunner's, plus TestStream
         pipeline_proto = merge_common_environments(resolve_any_environments(pipeline_proto))
-        stage_context, stages = fuse(pipeline_proto, is_drain=self._is_drain)
+        stage_context, stages = fuse(pipeline_proto, is_drain=self._is_drain,
+                                     chaining=gpu_options.accelerator_chaining == "on")
         workers = num_workers(options)
         placement = self._placement or _default_placement(gpu_options)
         devices: Any = None

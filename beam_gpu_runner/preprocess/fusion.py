@@ -12,6 +12,7 @@ from beam_gpu_runner.bridge.reverse_test_stream import reverse_test_stream_dofns
 from beam_gpu_runner.preprocess.stage_graph import is_streaming
 from beam_gpu_runner.preprocess.test_stream_inputs import (
     test_stream_to_input, windowed_test_stream_coders)
+from beam_gpu_runner.preprocess.chaining import chain_into_accelerators
 from beam_gpu_runner.preprocess.pair_with_timing import pair_with_timing_to_runner
 
 
@@ -72,6 +73,7 @@ PHASES = (
     reverse_test_stream_dofns,
     pair_with_timing_to_runner,
     beam.PHASES["sink_flattens"],
+    chain_into_accelerators,
     beam.PHASES["greedily_fuse"],
     beam.PHASES["read_to_impulse"],
     beam.PHASES["impulse_to_input"],
@@ -84,11 +86,14 @@ PHASES = (
 )
 
 
-def fuse(pipeline_proto: beam_runner_api_pb2.Pipeline, is_drain: bool = False
-         ) -> tuple[TransformContext, list[Stage]]:
+def fuse(pipeline_proto: beam_runner_api_pb2.Pipeline, is_drain: bool = False,
+         chaining: bool = True) -> tuple[TransformContext, list[Stage]]:
+    """Beam's fusion with our phases; ``chaining=False`` keeps hinted
+    transforms apart from their unhinted neighbours (``preprocess.chaining``)."""
+    phases = [p for p in PHASES if chaining or p is not chain_into_accelerators]
     return beam.create_and_optimize_stages(
         copy.deepcopy(pipeline_proto),
-        phases=list(PHASES),
+        phases=phases,
         known_runner_urns=frozenset([
             common_urns.primitives.FLATTEN.urn,
             common_urns.primitives.GROUP_BY_KEY.urn,

@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
               "drain a job of a job server by id (sources stop, windows fire)"),
     "resources": ("beam_gpu_runner.resources.commands:resources_main",
                   "list discovered external resources and current leases"),
-    "plan": ("beam_gpu_runner.resources.commands:plan_main",
+    "plan": ("beam_gpu_runner.runner:plan_main",
              "print per-stage resource plans and Flink/k8s/YARN equivalents"),
     "run": ("beam_gpu_runner.runner:run_main",
             "run a pipeline module or script on GpuRunner"),

@@ -9,6 +9,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from apache_beam.options import pipeline_options
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.value_provider import RuntimeValueProvider
 from apache_beam.pipeline import Pipeline
 from apache_beam.portability.api import beam_provision_api_pb2, beam_runner_api_pb2
@@ -147,7 +148,8 @@ class GpuRunner(PipelineRunner):
 
         streaming = (options.view_as(pipeline_options.StandardOptions).streaming
                      or is_streaming(stage_context.components))
-        graph = build_job_graph(stages, stage_context.components, streaming)
+        graph = build_job_graph(stages, stage_context.components, streaming,
+                                original=pipeline_proto.components)
         try:
             # A placement that assigns devices itself (Ray) needs no local leases.
             devices = None if placement.assigns_devices else _device_allocator(gpu_options)
@@ -224,6 +226,34 @@ def _device_allocator(options: GpuRunnerOptions) -> Any:
     config = ExternalResourceConfig.load(
         options.external_resources_config, options.external_resource or ())
     return DeviceAllocator(config, lease_dir=options.lease_dir)
+
+
+def placement_lines(pipeline_proto: beam_runner_api_pb2.Pipeline,
+                    args: Sequence[str]) -> list[str]:
+    """Which transforms run on accelerator workers and why, as ``run`` fuses them."""
+    from beam_gpu_runner.preprocess.chaining import is_hinted
+    options = PipelineOptions(list(args)).view_as(GpuRunnerOptions)
+    chaining = options.accelerator_chaining == "on"
+    proto = merge_common_environments(resolve_any_environments(pipeline_proto))
+    context, stages = fuse(proto, chaining=chaining)
+    graph = build_job_graph(stages, context.components, original=proto.components)
+    lines = ["Accelerator stages (--accelerator_chaining=%s)" % options.accelerator_chaining]
+    for stage in stages:
+        if not is_hinted(context.components, stage.environment):
+            continue
+        lines.append("  stage %s runs on accelerator workers:" % graph.labels[stage.name])
+        lines.append("    transforms: %s" % ", ".join(graph.transforms[stage.name]))
+        if stage.name in graph.notes:
+            lines.append("    %s" % graph.notes[stage.name])
+    if len(lines) == 1:
+        lines.append("  none: no transform asks for an accelerator")
+    return lines
+
+
+def plan_main(argv: Sequence[str]) -> int:
+    """``beam-gpu-runner plan``: the resource report, then what runs where."""
+    from beam_gpu_runner.resources.commands import plan_main as report
+    return report(argv, placement=placement_lines)
 
 
 def run_main(argv: Sequence[str]) -> int:

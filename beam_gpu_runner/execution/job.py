@@ -306,6 +306,7 @@ class GpuJob:
                 hint=plan.hints.get(spec.name, ""),
                 pool=plan.pools[pool].key.describe() if pool else "",
                 runner_side=pool is None, workers=workers,
+                placement_note=plan.graph.notes.get(spec.name, ""),
                 elements_in=e_in, elements_out=e_out, bytes_in=b_in, bytes_out=b_out,
                 bundles_running=stats.in_flight if stats else 0,
                 bundles_done=stats.done if stats else 0,

@@ -9,7 +9,7 @@ assigns them (``JobGraph.with_pools``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.utils import proto_utils
@@ -21,6 +21,7 @@ from beam_gpu_runner.bridge.bundles import timer_family_key
 from beam_gpu_runner.bridge.reverse_test_stream import unheld_timer_families
 from beam_gpu_runner.bridge.runner_stages import (
     GROUPING_EVENT_TIMERS, GROUPING_PROCESSING_TIMERS)
+from beam_gpu_runner.preprocess.chaining import chained_transforms
 from beam_gpu_runner.engine.graph import (
     InputKind, InputSpec, StageGraph, StageSpec, TimerFamily)
 from beam_gpu_runner.preprocess.pair_with_timing import read_buffer, timing_spec, timing_transforms
@@ -137,6 +138,8 @@ class JobGraph:
     #: stage -> the user's transforms in it, and a readable label
     transforms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: stage -> why unhinted transforms run on its accelerator workers
+    notes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def runner_side(self) -> frozenset[str]:
@@ -151,11 +154,25 @@ class JobGraph:
 
 
 def build_job_graph(stages: Sequence[Stage], components: beam_runner_api_pb2.Components,
-                    streaming: bool = False) -> JobGraph:
-    """Must run before Beam's execution context rewrites the data payloads."""
+                    streaming: bool = False,
+                    original: Optional[beam_runner_api_pb2.Components] = None) -> JobGraph:
+    """Must run before Beam's execution context rewrites the data payloads.
+
+    ``original``: the pipeline's components before fusion, to say which
+    transforms chaining moved onto accelerator workers."""
     specs = [stage_spec(s, components, streaming) for s in stages]
     transforms = {s.name: user_transforms(s) for s in stages}
     labels = {s.name: stage_label(transforms[s.name], s.name) for s in stages}
+    notes = {}
+    if original is not None:
+        ids = {t.unique_name: i for i, t in original.transforms.items()}
+        for s in stages:
+            chained = chained_transforms(transforms[s.name], s.environment, original, ids)
+            if chained:
+                notes[s.name] = (
+                    "chained onto the accelerator workers of the hinted transforms in "
+                    "this stage: %s (no hints of their own; --accelerator_chaining=off "
+                    "keeps them apart)" % ", ".join(repr(n) for n in chained))
     timings = {}
     for transform_id in timing_transforms(stages):
         spec = timing_spec(transform_id)
@@ -173,7 +190,7 @@ def build_job_graph(stages: Sequence[Stage], components: beam_runner_api_pb2.Com
             name = components.transforms[buffer.name].unique_name
             transforms[spec.name] = (name,)
             labels[spec.name] = "%r (GroupByKey, on the runner)" % name
-    return JobGraph(tuple(specs), groupings, timings, transforms, labels)
+    return JobGraph(tuple(specs), groupings, timings, transforms, labels, notes)
 
 
 IMPULSE = str(BufferId.parse(IMPULSE_BUFFER))

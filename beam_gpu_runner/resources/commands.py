@@ -14,7 +14,7 @@ import logging
 import os
 import runpy
 import sys
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 from unittest import mock
 
 from apache_beam.metrics.metric import MetricResults
@@ -129,7 +129,12 @@ def _discover(config: ExternalResourceConfig
         return {}, str(exc)
 
 
-def plan_main(argv: Sequence[str]) -> int:
+#: (pipeline, its args) -> lines saying which transforms run on accelerator
+#: workers and why (the runner's fusion: ``runner.placement_lines``).
+PlacementLines = Callable[[beam_runner_api_pb2.Pipeline, Sequence[str]], list[str]]
+
+
+def plan_main(argv: Sequence[str], placement: Optional[PlacementLines] = None) -> int:
     args = list(argv)
     if not args or args[0] in ("-h", "--help"):
         print("usage: beam-gpu-runner plan MODULE_OR_SCRIPT [pipeline args]\n\n"
@@ -169,6 +174,9 @@ def plan_main(argv: Sequence[str]) -> int:
         plan = build_plan(proto, config, devices, discovery_error=error,
                           num_workers=num_workers)
         print(format_plan(plan))
+        if placement is not None:
+            print()
+            print("\n".join(placement(proto, pipeline_args)))
         for emitted in emit_all(plan):
             print()
             print(format_emitted(emitted))

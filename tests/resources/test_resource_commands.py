@@ -111,6 +111,6 @@ def test_resources_lists_devices_and_leases(tmp_path: Path,
 
 def test_cli_table_points_here() -> None:
     from beam_gpu_runner.cli import SUBCOMMANDS
-    assert SUBCOMMANDS["plan"][0] == "beam_gpu_runner.resources.commands:plan_main"
+    assert SUBCOMMANDS["plan"][0] == "beam_gpu_runner.runner:plan_main"
     assert SUBCOMMANDS["resources"][0] == "beam_gpu_runner.resources.commands:resources_main"
     assert sys.modules["beam_gpu_runner.resources.commands"].plan_main is plan_main

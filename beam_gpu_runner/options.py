@@ -41,6 +41,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected seconds >= 0, got %r" % text) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("expected seconds >= 0, got %r" % text)
+    return value
+
+
 def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -106,6 +116,11 @@ class GpuRunnerOptions(PipelineOptions):
             "--insecure", action="store_true", default=False,
             help="Let a web UI bound beyond loopback accept any client (logged as a "
                  "warning); prefer --allow_from.")
+        group.add_argument(
+            "--device_wait_timeout", type=_seconds, default=300.0,
+            help="Seconds a worker waits for GPUs that other jobs lease before its job "
+                 "fails, as Flink waits for slots (default 300; 0: fail at once). "
+                 "Requests this host can never meet fail at once.")
         group.add_argument(
             "--accelerator_chaining", default="on", choices=("on", "off"),
             help="on (default): unhinted transforms next to an accelerator stage run "

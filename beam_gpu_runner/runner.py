@@ -225,7 +225,8 @@ def _device_allocator(options: GpuRunnerOptions) -> Any:
     from beam_gpu_runner.resources.config import ExternalResourceConfig
     config = ExternalResourceConfig.load(
         options.external_resources_config, options.external_resource or ())
-    return DeviceAllocator(config, lease_dir=options.lease_dir)
+    return DeviceAllocator(config, lease_dir=options.lease_dir,
+                           wait_timeout=options.device_wait_timeout)
 
 
 def placement_lines(pipeline_proto: beam_runner_api_pb2.Pipeline,

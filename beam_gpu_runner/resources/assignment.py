@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import psutil
 
@@ -36,6 +37,8 @@ from beam_gpu_runner.resources.runtime_context import RuntimeContext
 _LOG = logging.getLogger(__name__)
 
 GPU_RESOURCE = "gpu"
+#: How often a worker waiting for leased devices looks again.
+_WAIT_POLL_S = 0.25
 MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 PREALLOCATE_ENV = "XLA_PYTHON_CLIENT_PREALLOCATE"
 
@@ -146,8 +149,12 @@ class DeviceAllocator:
     """Hands each worker its own devices; see the module docstring."""
 
     def __init__(self, config: ExternalResourceConfig, lease_dir: Optional[str] = None,
-                 *, drivers: Optional[Mapping[str, ExternalResourceDriver]] = None) -> None:
+                 *, drivers: Optional[Mapping[str, ExternalResourceDriver]] = None,
+                 wait_timeout: float = 0.0) -> None:
+        """``wait_timeout``: how long ``acquire`` waits for devices that other
+        holders lease (0: not at all; GpuRunner's ``--device_wait_timeout``)."""
         self.config = config
+        self.wait_timeout = wait_timeout
         self._drivers = dict(drivers or {})
         self._lease_dir = lease_dir
         self._lock = threading.Lock()
@@ -192,11 +199,16 @@ class DeviceAllocator:
     # -- assignment ------------------------------------------------------------
     def acquire(self, stage_name: str, requirements: StageRequirements,
                 hint_text: Optional[str] = None, worker_id: str = "worker",
-                job: str = "") -> Assignment:
+                job: str = "", should_stop: Callable[[], bool] = lambda: False
+                ) -> Assignment:
         """Lease what ``requirements`` asks for, for worker ``worker_id`` of job
         ``job`` (its id, shown as the holder on the devices page).
 
-        Raises ResourceShortageError when the host cannot give it.
+        Devices that exist but are leased by others are waited for, up to
+        ``wait_timeout`` seconds (as Flink waits for slots), logging once who
+        holds them; ``should_stop()`` ends the wait early (the job ended).
+        Raises ResourceShortageError when the host cannot give it: at once when
+        it never could (too few matching devices), after the wait otherwise.
         """
         devices = self.devices()
         shared = {name: infos for name, infos in devices.items()
@@ -223,12 +235,29 @@ class DeviceAllocator:
         candidates = [Candidate(device_key(GPU_RESOURCE, g), GPU_RESOURCE,
                                 g.get_property("index") or "", g.get_property("name") or "")
                       for g in matching]
-        outcome = self.lease_table.acquire(
-            candidates, need, share, holder="%s/%s" % (stage_name, worker_id), job=job)
-        if not outcome.ok:
-            raise ResourceShortageError(self._shortage(
-                stage_name, requirements, hint_text, worker_id, spec, gpus, matching,
-                outcome))
+        holder = "%s/%s" % (stage_name, worker_id)
+        deadline = time.monotonic() + self.wait_timeout
+        announced = False
+        while True:
+            outcome = self.lease_table.acquire(candidates, need, share, holder=holder,
+                                               job=job)
+            if outcome.ok:
+                break
+            if time.monotonic() >= deadline or should_stop():
+                raise ResourceShortageError(self._shortage(
+                    stage_name, requirements, hint_text, worker_id, spec, gpus, matching,
+                    outcome) + (" (waited %.0f s, --device_wait_timeout)"
+                                % self.wait_timeout if self.wait_timeout else ""))
+            if not announced:
+                announced = True
+                _LOG.warning(
+                    "stage %s worker %s waits for %d GPU(s): the matching ones are leased "
+                    "by %s; waiting up to %.0f s (--device_wait_timeout)", stage_name,
+                    worker_id, need, self._holders(candidates), self.wait_timeout)
+            time.sleep(_WAIT_POLL_S)
+        if announced:
+            _LOG.info("stage %s worker %s got its GPU(s) after waiting", stage_name,
+                      worker_id)
         by_key = {device_key(GPU_RESOURCE, g): g for g in matching}
         held = [by_key[lease.device_key] for lease in outcome.leases]
         if share < 1.0:
@@ -243,6 +272,13 @@ class DeviceAllocator:
         return Assignment(worker_id, stage_name,
                           {**shared, GPU_RESOURCE: tuple(sorted(held, key=_order))},
                           gpu_share=share if share < 1.0 else None, lease_ids=lease_ids)
+
+    def _holders(self, candidates: Sequence[Candidate]) -> str:
+        keys = {c.device_key for c in candidates}
+        holders = sorted({"job %s (pid %d, %s)" % (lease.job or "?", lease.pid, lease.holder)
+                          for lease in self.lease_table.snapshot()
+                          if lease.device_key in keys})
+        return ", ".join(holders) or "other processes"
 
     def release(self, assignment: Assignment) -> None:
         if not assignment.lease_ids:

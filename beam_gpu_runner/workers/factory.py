@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Mapping, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
@@ -50,7 +50,8 @@ class DeviceSource(Protocol):
     """What the pool needs of the resource framework's allocator."""
 
     def acquire(self, stage_name: str, requirements: Any, hint_text: str,
-                worker_id: str, job: str = "") -> Assignment: ...
+                worker_id: str, job: str = "",
+                should_stop: Callable[[], bool] = lambda: False) -> Assignment: ...
 
     def release(self, assignment: Assignment) -> None: ...
 
@@ -123,6 +124,8 @@ class ProcessWorkerFactory:
                         if staging_dir else None)
         self._announced: set[str] = set()
         self._starting: set[ProcessWorkerHandler] = set()
+        #: the job is ending: workers still waiting for devices give up
+        self._stopping = threading.Event()
         self._starting_lock = threading.Lock()
 
     def start(self, key: PoolKey) -> Worker:
@@ -168,6 +171,7 @@ class ProcessWorkerFactory:
 
     def abort_starts(self) -> None:
         """Make workers still starting give up now (the job is ending)."""
+        self._stopping.set()
         with self._starting_lock:
             starting = list(self._starting)
         for handler in starting:
@@ -227,7 +231,7 @@ class ProcessWorkerFactory:
         stages = self._stage_names.get(key) or [key.environment_id]
         assignment = self._devices.acquire(
             ", ".join(stages), key.requirements, self._hint_texts.get(key, ""), worker_id,
-            job=self._job_id)
+            job=self._job_id, should_stop=self._stopping.is_set)
         self._assignments[worker_id] = assignment
         return assignment.env()
 

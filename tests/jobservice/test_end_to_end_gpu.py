@@ -195,7 +195,7 @@ def start_held_job(srv: ServerProcess, out: Path, tag: str, hint: str,
     return result
 
 
-def test_two_jobs_share_the_devices_and_a_third_gets_a_clear_shortage(
+def test_two_jobs_share_the_devices_and_a_third_waits_for_them(
         gpu_server: ServerProcess, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -205,17 +205,35 @@ def test_two_jobs_share_the_devices_and_a_third_gets_a_clear_shortage(
         [a], [b] = wait_for_reports(out, "first"), wait_for_reports(out, "second")
         assert sorted(a["gpus"] + b["gpus"]) == ["0", "1"], (a, b)   # one lease each
 
+        # Both devices are leased: the third job waits for them (it does not fail).
         third = start_held_job(gpu_server, out, "third", "type:nvidia;count:2")
-        with pytest.raises(Exception) as info:
-            third.wait_until_finish()
-        message = str(info.value)
-        assert "needs 2 GPU(s)" in message and "2 are leased" in message, message
+        assert read_reports(str(out), "third") == []
         assert job_state(gpu_server, first._job_id) == JobState.RUNNING  # type: ignore
         assert job_state(gpu_server, second._job_id) == JobState.RUNNING  # type: ignore
     finally:
         (out / "release").touch()
     assert first.wait_until_finish() == "DONE"
     assert second.wait_until_finish() == "DONE"
+    assert third.wait_until_finish() == "DONE"
+    [c] = wait_for_reports(out, "third")
+    assert sorted(c["gpus"]) == ["0", "1"]
+
+
+def test_a_job_that_waits_too_long_for_devices_fails_saying_so(
+        gpu_server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        first = start_held_job(gpu_server, out, "holder", "type:nvidia;count:2")
+        wait_for_reports(out, "holder")
+        late = start_held_job(gpu_server, out, "late", ONE_GPU, "--device_wait_timeout=1")
+        with pytest.raises(Exception) as info:
+            late.wait_until_finish()
+        message = str(info.value)
+        assert "2 are leased" in message and "--device_wait_timeout" in message, message
+    finally:
+        (out / "release").touch()
+    assert first.wait_until_finish() == "DONE"
 
 
 def test_cancel_of_a_streaming_job_leaves_no_workers(gpu_server: ServerProcess,

@@ -209,3 +209,44 @@ def test_leases_name_the_job_that_holds_them(tmp_path: Path) -> None:
         alloc.acquire("Classify", ONE, "type:nvidia-h100;count:1", "worker-1", job="job-7")
         (lease,) = alloc.lease_table.snapshot()
         assert (lease.job, lease.holder) == ("job-7", "Classify/worker-1")
+
+
+def test_a_worker_waits_for_devices_another_job_leases(tmp_path: Path, caplog) -> None:
+    import threading
+    holder = allocator(tmp_path, num=2)
+    held = holder.acquire("Other", StageRequirements(gpu_count=2), "count:2", "w0",
+                          job="other-job")
+    waiter = allocator(tmp_path, num=2)
+    waiter.wait_timeout = 60.0
+    got: list[Assignment] = []
+    thread = threading.Thread(target=lambda: got.append(
+        waiter.acquire("Mine", ONE, "count:1", "w1", job="my-job")))
+    thread.start()
+    # It waits (and says who holds the devices) until the other job releases.
+    for _ in range(200):
+        if "waits for 1 GPU(s)" in caplog.text:
+            break
+        threading.Event().wait(0.05)
+    assert "leased by job other-job" in caplog.text and not got
+    holder.release(held)
+    thread.join(30)
+    assert got and got[0].gpus
+    waiter.close()
+    holder.close()
+
+
+def test_the_wait_is_bounded_and_can_be_stopped(tmp_path: Path) -> None:
+    holder = allocator(tmp_path, num=1)
+    holder.acquire("Other", ONE, "count:1", "w0", job="other-job")
+    waiter = allocator(tmp_path, num=1)
+    waiter.wait_timeout = 0.3
+    with pytest.raises(ResourceShortageError, match=r"waited 0.3 s, --device_wait_timeout"):
+        waiter.acquire("Mine", ONE, "count:1", "w1")
+    waiter.wait_timeout = 600.0
+    with pytest.raises(ResourceShortageError, match="1 are leased"):
+        waiter.acquire("Mine", ONE, "count:1", "w2", should_stop=lambda: True)
+    # A request the host can never meet is refused at once, without waiting.
+    with pytest.raises(ResourceShortageError, match="found 1 GPU"):
+        waiter.acquire("Mine", StageRequirements(gpu_count=2), "count:2", "w3")
+    holder.close()
+    waiter.close()

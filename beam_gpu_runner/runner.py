@@ -215,7 +215,9 @@ def _default_placement(options: GpuRunnerOptions) -> Placement:
         from beam_gpu_runner.placement.ray import RayPlacement
         return RayPlacement(address=options.ray_address,
                             start_timeout=options.worker_start_timeout,
-                            runtime_env=options.ray_runtime_env)
+                            runtime_env=options.ray_runtime_env,
+                            local_gpus=lambda: _device_allocator(options).devices().get(
+                                "gpu", ()))
     from beam_gpu_runner.placement.local import LocalPlacement
     return LocalPlacement()
 

@@ -32,8 +32,9 @@ from absl import app, flags
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.transforms.window import FixedWindows
 
-from beam_gpu_runner.pipelines.runner_flag import (
-    DEFAULT_RUNNER, RunnerUnavailableError, parse_known, pipeline_options)
+from beam_gpu_runner.pipelines.runner_flag import (  # noqa: F401 (FAKE_GPU_ARGS re-exported)
+    DEFAULT_ACCELERATOR, DEFAULT_RUNNER, FAKE_GPU_ARGS, RunnerUnavailableError, parse_known,
+    pipeline_options, with_fake_gpu_if_none)
 from beam_gpu_runner.transforms import bundled
 from beam_gpu_runner.transforms.classifier import METRICS_NAMESPACE
 from beam_gpu_runner.transforms.classify import ClassifyMnist
@@ -43,7 +44,6 @@ from beam_gpu_runner.transforms.window_stats import WindowedStats
 
 _LOG = logging.getLogger(__name__)
 
-DEFAULT_ACCELERATOR = "type:nvidia;count:1"
 CLASSIFY_BUNDLES_PER_WORKER = 2
 
 
@@ -126,36 +126,6 @@ def _summary(result: beam.runners.runner.PipelineResult, seconds: float) -> Stre
                if k.startswith("images_on_")}
     return StreamingSummary(images=totals.get("images", 0), correct=totals.get("correct", 0),
                             seconds=seconds, images_by_device=devices)
-
-
-FAKE_GPU_ARGS = (
-    "--external_resource=external-resource.gpu.driver-factory.class=testing",
-    "--external_resource=external-resource.gpu.param.num-devices=1",
-    "--external_resource=external-resource.gpu.param.device-name=Testing GPU (CPU)",
-)
-
-
-def with_fake_gpu_if_none(config: StreamingConfig, pipeline_args: Sequence[str]
-                          ) -> list[str]:
-    """On GpuRunner with a GPU hint, a host without GPUs gets one fake device.
-
-    The demo then runs everywhere: the hinted stage gets a testing device and
-    classifies on the CPU. Explicit external resource flags are left alone.
-    """
-    args = list(pipeline_args)
-    if (config.runner != DEFAULT_RUNNER or not config.accelerator
-            or any(a.startswith(("--external_resource", "--placement=ray")) for a in args)):
-        return args   # explicit resources, or Ray (which assigns devices itself)
-    from beam_gpu_runner.resources.assignment import DeviceAllocator
-    from beam_gpu_runner.resources.config import ExternalResourceConfig
-    with DeviceAllocator(ExternalResourceConfig.default()) as allocator:
-        found = allocator.devices().get("gpu", ())
-    if found:
-        return args
-    _LOG.warning("mnist_streaming: no GPU found on this host; giving the classifier a "
-                 "fake device from the testing driver (it computes on the CPU). Pass "
-                 "--nofake_gpu_when_none to fail instead, or --accelerator= to drop the hint")
-    return args + list(FAKE_GPU_ARGS)
 
 
 def run(config: StreamingConfig, pipeline_args: Sequence[str] = (),

@@ -3,25 +3,35 @@
     python -m beam_gpu_runner.pipelines.mnist_train \
         [--model=softmax|mlp] [--epochs=N] [--num_shards=4] [--learning_rate=LR] \
         [--local_batch_size=B] [--data_dir=data/mnist] [--output=mnist_softmax.npz] \
-        [--runner=beam_gpu_runner.GpuRunner] [Beam pipeline options...]
+        [--accelerator=type:nvidia;count:1] [--runner=beam_gpu_runner.GpuRunner] \
+        [Beam pipeline options...]
 
 Each epoch is one batch Beam pipeline (see transforms/training.py): the current
 parameters are a side input, a ParDo trains a copy on each shard of the 60,000
 training images, a CombineGlobally averages the copies. Between epochs the
 driver takes the average as the new parameters (a cosine learning-rate
 schedule) and logs the training loss and accuracy (of the model entering the
-epoch, computed by the shards) and the test accuracy (after the epoch). The
-result is an .npz model taking pixels/255 (``scale`` recorded in the file).
+epoch, computed by the shards), the test accuracy (after the epoch) and the
+devices the shards trained on. The result is an .npz model taking pixels/255
+(``scale`` recorded in the file).
+
+The training step carries the resource hint ``accelerator=<--accelerator>``
+(default ``type:nvidia;count:1``: one GPU of any NVIDIA model per worker;
+``--accelerator=`` drops it), so on GpuRunner each shard trains on its GPU
+worker's device through the runtime context. On a host without GPUs the step
+gets one fake device from the testing driver and computes on the CPU, as in
+the streaming demo (``--nofake_gpu_when_none`` fails instead).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Mapping, Optional, Sequence
 
 import apache_beam as beam
@@ -30,12 +40,14 @@ import numpy as np
 from absl import app, flags
 
 from beam_gpu_runner.pipelines.runner_flag import (
-    DEFAULT_RUNNER, RunnerUnavailableError, parse_known, pipeline_options)
+    DEFAULT_ACCELERATOR, DEFAULT_RUNNER, RunnerUnavailableError, parse_known,
+    pipeline_options, with_fake_gpu_if_none)
 from beam_gpu_runner.transforms import bundled
 from beam_gpu_runner.transforms import model as mnist_model
 from beam_gpu_runner.transforms.classifier import Evaluation, evaluate
 from beam_gpu_runner.transforms.idx import read_mnist_cached
-from beam_gpu_runner.transforms.training import EpochResult, ShardTask, TrainEpoch
+from beam_gpu_runner.transforms.training import (
+    EpochResult, ShardDevice, ShardTask, TrainEpoch)
 
 _LOG = logging.getLogger(__name__)
 
@@ -63,6 +75,8 @@ class TrainConfig:
     output: str = "mnist_softmax.npz"
     runner: str = DEFAULT_RUNNER
     limit: Optional[int] = None  # for tests: train on the first images only
+    #: The training step's accelerator hint; empty: none (CPU workers).
+    accelerator: str = DEFAULT_ACCELERATOR
 
     def __post_init__(self) -> None:
         if self.model not in DEFAULTS:
@@ -86,6 +100,16 @@ class EpochLog:
     train_accuracy: float
     test_accuracy: float
     seconds: float
+    #: Where each shard trained, by shard index.
+    trained_on: tuple[ShardDevice, ...] = ()
+
+    @property
+    def devices(self) -> dict[str, int]:
+        """Device label -> shards trained there."""
+        counts: dict[str, int] = {}
+        for where in self.trained_on:
+            counts[where.label()] = counts.get(where.label(), 0) + 1
+        return counts
 
 
 @dataclass(frozen=True)
@@ -94,6 +118,14 @@ class TrainSummary:
     epochs: list[EpochLog]
     test: Evaluation
 
+    def devices(self) -> dict[str, int]:
+        """Device label -> shards trained there, over all epochs."""
+        counts: dict[str, int] = {}
+        for log in self.epochs:
+            for label, shards in log.devices.items():
+                counts[label] = counts.get(label, 0) + shards
+        return counts
+
 
 def _write_result(result: Optional[EpochResult], path: str) -> None:
     if result is None:
@@ -101,6 +133,7 @@ def _write_result(result: Optional[EpochResult], path: str) -> None:
     tmp = path + ".tmp.npz"
     np.savez(tmp, examples=np.int64(result.examples), loss=np.float64(result.loss),
              accuracy=np.float64(result.accuracy),
+             trained_on=np.array(json.dumps([asdict(w) for w in result.trained_on])),
              **{"param_" + k: v for k, v in result.params.items()})
     os.replace(tmp, path)
 
@@ -110,7 +143,9 @@ def _read_result(path: str) -> EpochResult:
         params = {k[len("param_"):]: np.asarray(npz[k]) for k in npz.files
                   if k.startswith("param_")}
         return EpochResult(params=params, examples=int(npz["examples"]),
-                           loss=float(npz["loss"]), accuracy=float(npz["accuracy"]))
+                           loss=float(npz["loss"]), accuracy=float(npz["accuracy"]),
+                           trained_on=tuple(ShardDevice(**w) for w in json.loads(
+                               str(npz["trained_on"]))))
 
 
 def run_epoch(config: TrainConfig, params: Mapping[str, np.ndarray], epoch: int,
@@ -128,7 +163,8 @@ def run_epoch(config: TrainConfig, params: Mapping[str, np.ndarray], epoch: int,
     with beam.Pipeline(options=pipeline_options(config.runner, pipeline_args)) as pipeline:
         _ = (pipeline
              | "Epoch%d" % epoch >> TrainEpoch(params, tasks, images, labels,
-                                               mnist_model.TRAINED_SCALE)
+                                               mnist_model.TRAINED_SCALE,
+                                               accelerator=config.accelerator)
              | "Save" >> beam.Map(_write_result, path))
     return _read_result(path)
 
@@ -154,12 +190,19 @@ def _test_accuracy(params: Mapping[str, np.ndarray], images: np.ndarray,
     return float(mnist_model.accuracy(dict(params), images, labels, mnist_model.TRAINED_SCALE))
 
 
-def train(config: TrainConfig, pipeline_args: Sequence[str] = ()) -> TrainSummary:
-    """Run all epochs, write the model to ``config.output``, evaluate it."""
+def train(config: TrainConfig, pipeline_args: Sequence[str] = (),
+          fake_gpu_when_none: bool = True) -> TrainSummary:
+    """Run all epochs, write the model to ``config.output``, evaluate it.
+
+    ``fake_gpu_when_none``: on GpuRunner with an accelerator hint, a host
+    without GPUs gives the training step one fake (testing) device.
+    """
     for path in (config.train_images, config.train_labels):
         if not os.path.exists(path):
             raise FileNotFoundError(
                 "mnist_train: training file %s does not exist (set --data_dir)" % path)
+    if fake_gpu_when_none:
+        pipeline_args = with_fake_gpu_if_none(config, pipeline_args)
     test = read_mnist_cached(config.test_images, config.test_labels)
     params = {k: np.asarray(v) for k, v in mnist_model.init(
         config.model, jax.random.PRNGKey(config.seed), config.hidden).items()}
@@ -173,12 +216,13 @@ def train(config: TrainConfig, pipeline_args: Sequence[str] = ()) -> TrainSummar
             log = EpochLog(epoch=epoch + 1, learning_rate=config.learning_rate_at(epoch),
                            train_loss=result.loss, train_accuracy=result.accuracy,
                            test_accuracy=_test_accuracy(params, test.images, test.labels),
-                           seconds=time.time() - started)
+                           seconds=time.time() - started, trained_on=result.trained_on)
             logs.append(log)
             _LOG.info("epoch %d/%d lr %.4f: train loss %.4f accuracy %.2f%% (model entering "
-                      "the epoch), test accuracy %.2f%% (after), %.1f s",
-                      log.epoch, config.epochs, log.learning_rate, log.train_loss,
-                      100 * log.train_accuracy, 100 * log.test_accuracy, log.seconds)
+                      "the epoch), test accuracy %.2f%% (after), %.1f s; shards trained on "
+                      "%s", log.epoch, config.epochs, log.learning_rate, log.train_loss,
+                      100 * log.train_accuracy, 100 * log.test_accuracy, log.seconds,
+                      log.devices)
     mnist_model.save_model(config.output, params, mnist_model.TRAINED_SCALE)
     evaluation = evaluate(config.output, test.images, test.labels)
     _LOG.info("mnist_train: wrote %s; test accuracy %.2f%% (%d/%d)", config.output,
@@ -212,6 +256,12 @@ flags.DEFINE_string("data_dir", None, "Folder with train-*-idx*-ubyte.gz "
     flag_values=FLAGS)
 flags.DEFINE_string("output", None, "Model file to write (default: mnist_<model>.npz).",
     flag_values=FLAGS)
+flags.DEFINE_string("accelerator", DEFAULT_ACCELERATOR,
+                    "Resource hint of the training step; empty: none.",
+    flag_values=FLAGS)
+flags.DEFINE_bool("fake_gpu_when_none", True,
+                  "On GpuRunner, give the hinted step a fake (testing) GPU when the "
+                  "host has none, instead of failing.", flag_values=FLAGS)
 
 
 def config_from_flags() -> TrainConfig:
@@ -227,7 +277,8 @@ def config_from_flags() -> TrainConfig:
         else int(defaults["local_batch_size"]),
         num_shards=FLAGS.num_shards, hidden=FLAGS.hidden, weight_decay=FLAGS.weight_decay,
         seed=FLAGS.seed, train_images=images, train_labels=labels,
-        output=FLAGS.output or "mnist_%s.npz" % FLAGS.model, runner=FLAGS.runner)
+        output=FLAGS.output or "mnist_%s.npz" % FLAGS.model, runner=FLAGS.runner,
+        accelerator=FLAGS.accelerator)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -238,12 +289,13 @@ def parse_flags(argv: list[str]) -> list[str]:
 def _main(argv: list[str]) -> None:
     logging.getLogger().setLevel(logging.INFO)
     try:
-        summary = train(config_from_flags(), argv[1:])
+        summary = train(config_from_flags(), argv[1:],
+                        fake_gpu_when_none=FLAGS.fake_gpu_when_none)
     except (RunnerUnavailableError, FileNotFoundError) as exc:
         sys.exit("mnist_train: %s" % exc)
-    print("mnist_train: %s test accuracy %.2f%% (%d/%d)"
+    print("mnist_train: %s test accuracy %.2f%% (%d/%d); shards trained on %s"
           % (summary.output, 100 * summary.test.accuracy, summary.test.correct,
-             summary.test.total))
+             summary.test.total, summary.devices()))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -1,9 +1,10 @@
-"""The ``--runner`` flag both MNIST pipelines share, and turning it into options."""
+"""What both MNIST pipelines share: the ``--runner`` flag and turning it into
+options, the default accelerator hint, and one fake GPU on hosts without any."""
 from __future__ import annotations
 
 import importlib
 import logging
-from typing import Sequence
+from typing import Protocol, Sequence
 
 from absl import flags
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -11,6 +12,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_RUNNER = "beam_gpu_runner.GpuRunner"
+#: One GPU, any NVIDIA model (the type names the vendor and no model).
+DEFAULT_ACCELERATOR = "type:nvidia;count:1"
+
+FAKE_GPU_ARGS = (
+    "--external_resource=external-resource.gpu.driver-factory.class=testing",
+    "--external_resource=external-resource.gpu.param.num-devices=1",
+    "--external_resource=external-resource.gpu.param.device-name=Testing GPU (CPU)",
+)
 
 
 class RunnerUnavailableError(RuntimeError):
@@ -66,3 +75,38 @@ def parse_known(flag_values: "flags.FlagValues", argv: list[str], usage: str) ->
     # absl's own flags (--verbosity, --logtostderr, ...); app.run wants the
     # global FLAGS parsed after its flags_parser ran.
     return flags.FLAGS(rest, known_only=True)
+
+
+class HintedRun(Protocol):
+    """A pipeline's config: its runner and its GPU stage's accelerator hint."""
+
+    @property
+    def runner(self) -> str: ...
+
+    @property
+    def accelerator(self) -> str: ...
+
+
+def with_fake_gpu_if_none(config: HintedRun, pipeline_args: Sequence[str]) -> list[str]:
+    """On GpuRunner with a GPU hint, a host without GPUs gets one fake device.
+
+    The demos then run everywhere: the hinted stage gets a testing device and
+    computes on the CPU. Explicit external resource flags are left alone, and
+    so is ``--ray_address`` (a Ray cluster's nodes say what GPUs they have); a
+    local Ray that ``--placement=ray`` starts declares the fake device.
+    """
+    args = list(pipeline_args)
+    if (config.runner != DEFAULT_RUNNER or not config.accelerator
+            or any(a.startswith(("--external_resource", "--ray_address")) for a in args)):
+        return args
+    from beam_gpu_runner.resources.assignment import DeviceAllocator
+    from beam_gpu_runner.resources.config import ExternalResourceConfig
+    with DeviceAllocator(ExternalResourceConfig.default()) as allocator:
+        found = allocator.devices().get("gpu", ())
+    if found:
+        return args
+    _LOG.warning("no GPU found on this host; giving the stage hinted %r a fake device "
+                 "from the testing driver (it computes on the CPU). Pass "
+                 "--nofake_gpu_when_none to fail instead, or --accelerator= to drop the "
+                 "hint", config.accelerator)
+    return args + list(FAKE_GPU_ARGS)

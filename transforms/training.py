@@ -7,9 +7,15 @@ from those parameters; a ``CombineGlobally`` averages the shard models
 weighted by their example counts (federated averaging / parameter averaging)
 and sums the loss and accuracy that the *incoming* model has on each shard.
 The driver (pipelines/mnist_train.py) runs one epoch after the other.
+
+The training step can carry an accelerator hint: each shard then trains on
+its GPU worker's device, read from ``beam_gpu_runner.runtime_context()``
+(parameters and data placed there with ``jax.device_put``, so the jitted
+step runs there), and says where it ran (:class:`ShardDevice`).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Optional
@@ -19,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import beam_gpu_runner
 from beam_gpu_runner.transforms import model as mnist_model
-from beam_gpu_runner.transforms.classifier import runtime_device
+from beam_gpu_runner.transforms.classifier import device_label
 from beam_gpu_runner.transforms.idx import MnistData, read_mnist_cached
 
 _LOG = logging.getLogger(__name__)
@@ -42,6 +49,27 @@ class ShardTask:
 
 
 @dataclass(frozen=True)
+class ShardDevice:
+    """Where one shard trained: its worker, the worker's GPU as the runtime
+    context describes it (the driver's index, uuid and name; None on a worker
+    without one) and the JAX device it computed on."""
+
+    shard: int
+    worker_id: Optional[str]
+    gpu_index: Optional[str]
+    gpu_uuid: Optional[str]
+    gpu_name: Optional[str]
+    jax_device: str
+
+    def label(self) -> str:
+        """``GPU 1 (<uuid>, <name>) as JAX gpu:0``, or ``JAX cpu:0`` without a GPU."""
+        if self.gpu_index is None:
+            return "JAX %s" % self.jax_device
+        return "GPU %s (%s, %s) as JAX %s" % (self.gpu_index, self.gpu_uuid, self.gpu_name,
+                                              self.jax_device)
+
+
+@dataclass(frozen=True)
 class ShardUpdate:
     """A shard's trained parameters and the incoming model's stats on the shard."""
 
@@ -49,6 +77,7 @@ class ShardUpdate:
     examples: int
     loss_sum: float
     correct: int
+    trained_on: Optional[ShardDevice] = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +88,8 @@ class EpochResult:
     examples: int
     loss: float
     accuracy: float
+    #: Where each shard trained, by shard index.
+    trained_on: tuple[ShardDevice, ...] = ()
 
 
 def shard_rows(n: int, task: ShardTask) -> np.ndarray:
@@ -116,7 +147,13 @@ def train_shard(params: Mapping[str, np.ndarray], data: MnistData, task: ShardTa
 
 
 class LocalSgdFn(beam.DoFn):
-    """ShardTask (+ params side input) -> ShardUpdate, on the worker's device."""
+    """ShardTask (+ params side input) -> ShardUpdate, on the worker's device.
+
+    The device is the worker's first GPU from ``beam_gpu_runner.runtime_context()``
+    as JAX sees it (``ctx.jax_device()``: the CPU when the worker has no GPU,
+    or when JAX has no GPU backend, as with the testing driver's fakes). Each
+    update says where it trained (``ShardUpdate.trained_on``).
+    """
 
     def __init__(self, images_path: str, labels_path: str, scale: float) -> None:
         self._images_path = images_path
@@ -124,15 +161,30 @@ class LocalSgdFn(beam.DoFn):
         self._scale = scale
         self._data: Optional[MnistData] = None
         self._device: Any = None
+        self._where: Optional[ShardDevice] = None
 
     def setup(self) -> None:
         self._data = read_mnist_cached(self._images_path, self._labels_path)
-        self._device, _ = runtime_device()
+        ctx = beam_gpu_runner.runtime_context()
+        self._device = ctx.jax_device()
+        gpus = ctx.gpus()
+        gpu = gpus[0] if gpus else None
+        self._where = ShardDevice(
+            shard=-1, worker_id=ctx.worker_id,
+            gpu_index=gpu.get_property("index") if gpu else None,
+            gpu_uuid=gpu.get_property("uuid") if gpu else None,
+            gpu_name=gpu.get_property("name") if gpu else None,
+            jax_device=device_label(self._device))
+        _LOG.info("LocalSgdFn: worker %s trains its shards on %s", ctx.worker_id,
+                  self._where.label())
 
-    def process(self, task: ShardTask, params: Mapping[str, np.ndarray]
-                ) -> Iterator[ShardUpdate]:
-        assert self._data is not None, "setup() not called"
-        yield train_shard(params, self._data, task, self._scale, self._device)
+    def process(self, keyed: tuple[int, Iterable[ShardTask]],
+                params: Mapping[str, np.ndarray]) -> Iterator[ShardUpdate]:
+        assert self._data is not None and self._where is not None, "setup() not called"
+        for task in keyed[1]:
+            update = train_shard(params, self._data, task, self._scale, self._device)
+            yield dataclasses.replace(
+                update, trained_on=dataclasses.replace(self._where, shard=task.index))
 
 
 @dataclass(frozen=True)
@@ -141,6 +193,7 @@ class _Sums:
     examples: int = 0
     loss_sum: float = 0.0
     correct: int = 0
+    trained_on: tuple[ShardDevice, ...] = ()
 
     def plus(self, other: "_Sums") -> "_Sums":
         if self.weighted is None:
@@ -149,7 +202,7 @@ class _Sums:
             return self
         return _Sums({k: self.weighted[k] + other.weighted[k] for k in self.weighted},
                      self.examples + other.examples, self.loss_sum + other.loss_sum,
-                     self.correct + other.correct)
+                     self.correct + other.correct, self.trained_on + other.trained_on)
 
 
 class AverageUpdatesFn(beam.CombineFn):
@@ -160,7 +213,9 @@ class AverageUpdatesFn(beam.CombineFn):
 
     def add_input(self, acc: _Sums, update: ShardUpdate) -> _Sums:
         weighted = {k: v.astype(np.float64) * update.examples for k, v in update.params.items()}
-        return acc.plus(_Sums(weighted, update.examples, update.loss_sum, update.correct))
+        where = (update.trained_on,) if update.trained_on is not None else ()
+        return acc.plus(_Sums(weighted, update.examples, update.loss_sum, update.correct,
+                              where))
 
     def merge_accumulators(self, accs: Iterable[_Sums]) -> _Sums:
         total = _Sums()
@@ -174,27 +229,39 @@ class AverageUpdatesFn(beam.CombineFn):
         return EpochResult(
             params={k: (v / acc.examples).astype(np.float32) for k, v in acc.weighted.items()},
             examples=acc.examples, loss=acc.loss_sum / acc.examples,
-            accuracy=acc.correct / acc.examples)
+            accuracy=acc.correct / acc.examples,
+            trained_on=tuple(sorted(acc.trained_on, key=lambda where: where.shard)))
 
 
 class TrainEpoch(beam.PTransform):
-    """PBegin -> one EpochResult: local SGD on every shard, then the average."""
+    """PBegin -> one EpochResult: local SGD on every shard, then the average.
+
+    ``accelerator``: the training step's accelerator resource hint (e.g.
+    ``type:nvidia;count:1``: each shard on a GPU worker); empty: no hint.
+    """
 
     def __init__(self, params: Mapping[str, np.ndarray], tasks: list[ShardTask],
-                 images_path: str, labels_path: str, scale: float) -> None:
+                 images_path: str, labels_path: str, scale: float,
+                 accelerator: str = "") -> None:
         super().__init__()
         self._params = {k: np.asarray(v, np.float32) for k, v in params.items()}
         self._tasks = tasks
         self._images_path = images_path
         self._labels_path = labels_path
         self._scale = scale
+        self._accelerator = accelerator
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         params = pbegin | "Params" >> beam.Create([self._params])
+        train: beam.PTransform = beam.ParDo(
+            LocalSgdFn(self._images_path, self._labels_path, self._scale),
+            params=beam.pvalue.AsSingleton(params))
+        if self._accelerator:
+            train = train.with_resource_hints(accelerator=self._accelerator)
+        # Keyed by shard and grouped (not Reshuffle'd): the training step
+        # reads the shuffle itself, so the runner hands shards to its workers.
         return (pbegin
-                | "Shards" >> beam.Create(self._tasks)
-                | "Spread" >> beam.Reshuffle()
-                | "LocalSgd" >> beam.ParDo(
-                    LocalSgdFn(self._images_path, self._labels_path, self._scale),
-                    params=beam.pvalue.AsSingleton(params))
+                | "Shards" >> beam.Create([(task.index, task) for task in self._tasks])
+                | "Spread" >> beam.GroupByKey()
+                | "LocalSgd" >> train
                 | "Average" >> beam.CombineGlobally(AverageUpdatesFn()))

@@ -12,6 +12,16 @@ Ray is imported lazily: the rest of the runner works without the ``[ray]``
 extra, and constructing a ``RayPlacement`` does not connect to anything until
 the first call that needs the cluster.
 
+A ``RayPlacement`` given ``local_gpus`` (the runner passes the devices its
+drivers report) that starts its own Ray (no address, no Ray in the process, no
+``RAY_ADDRESS``, no ``ray start`` cluster on this host) declares those devices
+as the node's GPUs (``LocalRayGpus``): ``num_gpus``, an
+``accelerator_type:<label>`` resource per device type (Ray's own label for
+the device's name), and Ray GPU ids equal to the devices' indexes. Its actors
+then describe the device Ray gave them with the driver's properties, so a
+pipeline tested locally with the testing driver's fake GPUs runs the same on a
+local Ray. Joining a cluster declares nothing: its nodes say what they have.
+
 A request the cluster can never satisfy fails at once (unless
 ``fail_fast_infeasible=False``, for autoscaling clusters); one that does not
 start within ``start_timeout`` seconds fails then. Both errors name the worker,
@@ -19,20 +29,24 @@ the requirements, what was asked of Ray and what the cluster has.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import re
 import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-from beam_gpu_runner.resources.hints import is_vendor_only
 from beam_gpu_runner.placement.api import WorkerLaunch
 from beam_gpu_runner.placement.ray_actor import (
     HarnessActor, HarnessSpec, HarnessStarted, describe_returncode)
+from beam_gpu_runner.resources.api import ResourceInfo
+from beam_gpu_runner.resources.hints import accelerator_matches, is_vendor_only
 from beam_gpu_runner.resources.requirements import StageRequirements
+from beam_gpu_runner.resources.runtime_context import visible_id
 
 _LOG = logging.getLogger(__name__)
 
@@ -106,6 +120,139 @@ def _known_ray_labels() -> frozenset[str]:
     return frozenset(
         value for name, value in vars(accelerators).items()
         if re.match(r"^[A-Z][A-Za-z0-9_]*$", name) and isinstance(value, str))
+
+
+#: Ray's rule for labelling a node from the NVML name of its GPU
+#: (``ray._private.accelerators.nvidia_gpu``: "NVIDIA H100 80GB HBM3" -> "H100",
+#: "Tesla V100-SXM2-16GB" -> "V100", else the name without "NVIDIA " and with
+#: dashes: "NVIDIA GeForce RTX 5090" -> "GeForce-RTX-5090"). Used when Ray's
+#: own (private) function cannot be imported; a test checks the two agree.
+_RAY_GPU_NAME = re.compile(r"\w+\s+((?:[A-Z]+\s+)*[A-Z0-9]*\d[A-Z0-9]*)")
+
+
+def ray_device_label(name: str) -> Optional[str]:
+    """Ray's accelerator label for a GPU called ``name``, as Ray labels a node
+    that has it ("NVIDIA H100 80GB HBM3" -> "H100"); None for an empty name.
+
+    ``ray_accelerator_type`` maps Beam hints onto the same labels
+    ("nvidia-h100" -> "H100"), so a hinted stage lands where its device is.
+    """
+    if not name.strip():
+        return None
+    try:
+        from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
+        label = NvidiaGPUAcceleratorManager._gpu_name_to_accelerator_type(name)
+        return str(label) if label else None
+    except (ImportError, AttributeError):
+        pass
+    match = _RAY_GPU_NAME.match(name)
+    result = match.group(1).replace(" ", "-") if match else None
+    if result and len(result) > 1:
+        return result
+    cleaned = re.sub(r"^NVIDIA\s+", "", name).strip()
+    return cleaned.replace(" ", "-") if cleaned else None
+
+
+@dataclass(frozen=True)
+class LocalRayGpus:
+    """The GPUs a Ray that ``RayPlacement`` starts itself declares.
+
+    ``devices`` are the runner's (``DeviceAllocator(config).devices()["gpu"]``:
+    real GPUs from the ``gpu`` driver or the ``testing`` driver's fakes), in
+    the order of Ray's GPU ids; ``labels`` the ``accelerator_type`` labels the
+    node gets. Ray numbers a node's GPUs by the ``CUDA_VISIBLE_DEVICES`` it
+    starts with, which ``RayPlacement`` sets to ``ray_ids`` (each device's
+    index, or a MIG instance's UUID) while Ray starts, so Ray's ids are the
+    devices' own, as on a cluster node.
+    """
+
+    devices: tuple[ResourceInfo, ...]
+    labels: tuple[str, ...]
+
+    @classmethod
+    def of(cls, devices: Sequence[ResourceInfo],
+           overrides: Optional[Mapping[str, str]] = None) -> "LocalRayGpus":
+        """Declare ``devices``: Ray's label for each device's name, plus each
+        ``overrides`` label (Beam type -> Ray label) whose type the device is."""
+        labels: list[str] = []
+        ids: list[str] = []
+        for device in devices:
+            ray_id = visible_id(device)
+            if not ray_id:
+                raise RayPlacementError(
+                    "RayPlacement: cannot declare GPU %r to a local Ray: it has no "
+                    "'index' property (Ray numbers GPUs by index); fix the GPU driver's "
+                    "external-resource.gpu.* settings, or start Ray yourself and pass "
+                    "--ray_address" % (device,))
+            if ray_id in ids:
+                raise RayPlacementError(
+                    "RayPlacement: cannot declare GPUs to a local Ray: two devices have "
+                    "index %s (%s); each device needs its own index" % (
+                        ray_id, [d for d in devices if visible_id(d) == ray_id]))
+            ids.append(ray_id)
+            name = device.get_property("name") or ""
+            found = [ray_device_label(name)] + [
+                label for beam_type, label in sorted((overrides or {}).items())
+                if not is_vendor_only(beam_type) and accelerator_matches(
+                    beam_type, name, _whole(device.get_property("memory-total")))]
+            labels.extend(label for label in found if label and label not in labels)
+        kinds = sorted({ray_device_label(d.get_property("name") or "") or "unnamed"
+                        for d in devices})
+        if len(kinds) > 1:
+            _LOG.warning("RayPlacement: the local Ray gets GPUs of %d types %s on one "
+                         "node; Ray cannot tell them apart, so a stage hinted for one "
+                         "type may get a device of another (its runtime context names "
+                         "the device it got)", len(kinds), kinds)
+        return cls(tuple(devices), tuple(labels))
+
+    @property
+    def ray_ids(self) -> tuple[str, ...]:
+        return tuple(visible_id(device) for device in self.devices)
+
+    def table(self) -> dict[str, ResourceInfo]:
+        """Ray GPU id -> the driver's description of that device (for the actors)."""
+        return dict(zip(self.ray_ids, self.devices))
+
+    def init_kwargs(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """``ray.init`` arguments declaring the devices, merged with ``given``'s
+        ``resources`` (which win for a label both name)."""
+        resources = {_ACCELERATOR_PREFIX + label: 1.0 for label in self.labels}
+        resources.update(given.get("resources") or {})
+        kwargs: dict[str, Any] = {"num_gpus": len(self.devices)}
+        if resources:
+            kwargs["resources"] = resources
+        return kwargs
+
+    def describe(self) -> str:
+        if not self.devices:
+            return "no GPUs (the runner's drivers report none)"
+        return "%d GPU(s) [%s], accelerator types %s" % (
+            len(self.devices), "; ".join(
+                "Ray id %s = %s (%s)" % (ray_id, d.get_property("uuid") or "no uuid",
+                                         d.get_property("name") or "unnamed")
+                for ray_id, d in zip(self.ray_ids, self.devices)),
+            list(self.labels) or "none")
+
+
+def _whole(text: Optional[str]) -> Optional[int]:
+    return int(text) if text and text.isdigit() else None
+
+
+@contextlib.contextmanager
+def _visible_while_starting(ray_ids: Sequence[str]) -> Iterator[None]:
+    """``CUDA_VISIBLE_DEVICES=ray_ids`` in this process while ``ray.init``
+    starts its node (the raylet and its workers inherit it, and Ray numbers
+    the node's GPUs by it); the previous value is restored afterwards."""
+    key = "CUDA_VISIBLE_DEVICES"
+    before = os.environ.get(key)
+    os.environ[key] = ",".join(ray_ids)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 @dataclass(frozen=True)
@@ -348,6 +495,11 @@ class RayPlacement:
     ``address``: as ``ray.init(address=...)`` ("auto", "HOST:PORT", "ray://...";
     None starts a local Ray, or joins ``RAY_ADDRESS``). When Ray is already
     initialised in this process it is used as is and left running by ``close``.
+
+    ``local_gpus``: returns the devices the runner's drivers report (e.g.
+    ``lambda: DeviceAllocator(config).devices()["gpu"]``); called only when
+    this placement starts its own Ray, which then declares them
+    (``LocalRayGpus``). Without it a started Ray detects GPUs itself.
     """
 
     name = "ray"
@@ -365,6 +517,7 @@ class RayPlacement:
         runtime_env: Optional[Mapping[str, Any]] = None,
         init_kwargs: Optional[Mapping[str, Any]] = None,
         harness_command: Optional[Sequence[str]] = None,
+        local_gpus: Optional[Callable[[], Sequence[ResourceInfo]]] = None,
     ) -> None:
         if start_timeout <= 0:
             raise ValueError("RayPlacement: start_timeout must be > 0, got %r"
@@ -378,6 +531,9 @@ class RayPlacement:
         self.runtime_env = dict(runtime_env) if runtime_env else None
         self.init_kwargs = dict(init_kwargs or {})
         self.harness_command = tuple(harness_command) if harness_command else None
+        self.local_gpus = local_gpus
+        #: What this placement declared to the Ray it started (None otherwise).
+        self.declared: Optional[LocalRayGpus] = None
         self._lock = threading.RLock()
         self._connected = False
         self._owns_ray = False
@@ -403,13 +559,52 @@ class RayPlacement:
                 _LOG.info("RayPlacement: using the Ray connection this process already has")
             else:
                 started = time.monotonic()
-                ray.init(address=self.address, **self.init_kwargs)
+                declared = self._declaration()
+                address = self.address
+                if declared is None:
+                    ray.init(address=address, **self.init_kwargs)
+                else:
+                    address = "local"
+                    kwargs = dict(self.init_kwargs, **declared.init_kwargs(self.init_kwargs))
+                    _LOG.info("RayPlacement: starting a local Ray that declares the "
+                              "runner's devices: %s", declared.describe())
+                    with _visible_while_starting(declared.ray_ids):
+                        # "local": start one, as Ray does for address=None when
+                        # _declaration found nothing to join.
+                        ray.init(address="local", **kwargs)
+                    self.declared = declared
                 self._owns_ray = True
                 _LOG.info("RayPlacement: ray.init(address=%s) took %.1fs; cluster has %s",
-                          self.address, time.monotonic() - started,
+                          address, time.monotonic() - started,
                           _format_resources(ray.cluster_resources()))
             self._actor_class = ray.remote(max_restarts=0, max_task_retries=0)(HarnessActor)
             self._connected = True
+
+    def _declaration(self) -> Optional[LocalRayGpus]:
+        """The runner's devices to declare, when ``ray.init`` would start a
+        local Ray (None: it would join a cluster, or nothing to declare)."""
+        if self.local_gpus is None or self.address is not None:
+            return None
+        if "num_gpus" in self.init_kwargs:
+            _LOG.info("RayPlacement: init_kwargs set num_gpus=%s; not declaring the "
+                      "runner's devices", self.init_kwargs["num_gpus"])
+            return None
+        try:
+            # Ray's own decision for address=None: RAY_ADDRESS, or the cluster
+            # the last `ray start` on this host recorded; None: start a new one.
+            from ray._private.services import canonicalize_bootstrap_address
+            joins = canonicalize_bootstrap_address(
+                None, self.init_kwargs.get("_temp_dir"))  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - a private API; ray.init decides then
+            _LOG.warning("RayPlacement: cannot tell whether ray.init() would start a "
+                         "local Ray or join one (%s: %s); not declaring the runner's "
+                         "devices", type(exc).__name__, exc)
+            return None
+        if joins is not None:
+            _LOG.info("RayPlacement: joining the Ray cluster at %s (RAY_ADDRESS or "
+                      "`ray start`); its nodes declare their own GPUs", joins)
+            return None
+        return LocalRayGpus.of(tuple(self.local_gpus()), self.accelerator_types)
 
     def advertise_host(self) -> str:
         """The driver's node IP (never "localhost"): workers may be on other nodes."""
@@ -491,7 +686,8 @@ class RayPlacement:
                 pipeline_options_json=launch.pipeline_options_json,
                 gpu_count=request.num_gpus,
                 env=dict(launch.env),
-                command=self.harness_command)
+                command=self.harness_command,
+                devices=self.declared.table() if self.declared else {})
             try:
                 started: HarnessStarted = ray.get(
                     actor.start.remote(spec),
@@ -570,12 +766,19 @@ class RayPlacement:
         except Exception as exc:  # noqa: BLE001 - the error must still be raised
             total = free = "unknown (%s)" % exc
             accelerators = []
+        local = ""
+        if self.declared is not None:
+            local = ("; this is a local Ray started with the devices the runner's drivers "
+                     "report (%s): configure more or other devices with "
+                     "--external_resource external-resource.gpu.* (the testing driver "
+                     "fakes them), or join a cluster with --ray_address"
+                     % self.declared.describe())
         return RayPlacementError(
             "RayPlacement.start_worker: cannot place worker %s with requirements %s "
             "(asked Ray for %s): %s. Cluster has %s; available now %s; accelerator "
-            "types %s" % (launch.worker_id, launch.requirements.describe(),
-                          request.describe(), why, total, free,
-                          accelerators or "none labelled"),
+            "types %s%s" % (launch.worker_id, launch.requirements.describe(),
+                            request.describe(), why, total, free,
+                            accelerators or "none labelled", local),
             launch.worker_id)
 
     def workers(self) -> list[RayWorkerProcess]:

@@ -6,8 +6,10 @@ driver side (``placement/ray.py``): the actor class is shipped to Ray by
 reference, so every node needs ``beam_gpu_runner`` installed.
 
 The actor reads the GPU ids Ray assigned to it (``ray.get_gpu_ids()``; Ray's ids
-are the node's physical indexes), describes them as ``ResourceInfo`` (name and
-UUID from NVML when the node has it, ``ray-gpu-<id>`` otherwise), and starts
+are the node's physical indexes), describes them as ``ResourceInfo`` (the
+driver's description from the spec's device table when the placement started
+this Ray with the runner's devices, else name and UUID from NVML when the node
+has it, ``ray-gpu-<id>`` otherwise), and starts
 ``python -m beam_gpu_runner.placement.harness`` (Beam's SDK harness) as its child with that
 resource environment. The harness is tied to the actor: it gets SIGKILL when
 the actor process dies (Linux ``PR_SET_PDEATHSIG``), so a killed actor leaves
@@ -66,6 +68,10 @@ class HarnessSpec:
     #: argv to run instead of ``python -m sdk_worker_main`` (tests, wrappers);
     #: argv[0] must be an executable path.
     command: Optional[Sequence[str]] = None
+    #: Ray GPU id -> the runner's driver's description of that device (index,
+    #: uuid, name, ...), when RayPlacement started this Ray declaring them;
+    #: empty when it joined a cluster (NVML on the node describes them then).
+    devices: Mapping[str, ResourceInfo] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,21 @@ def harness_env(spec: HarnessSpec, resource_env: Mapping[str, str],
     return env
 
 
+def device_infos(gpu_ids: Sequence[str],
+                 table: Mapping[str, ResourceInfo]) -> tuple[ResourceInfo, ...]:
+    """The devices behind Ray's GPU ids: from ``table`` when given, else NVML."""
+    if not table:
+        return gpu_infos(gpu_ids)
+    missing = [gpu_id for gpu_id in gpu_ids if gpu_id not in table]
+    if missing:
+        raise RuntimeError(
+            "ray_actor: Ray assigned GPU id(s) %s, which the runner's device table "
+            "(Ray ids %s) does not have; the local Ray was started with other GPUs "
+            "than RayPlacement declared (was CUDA_VISIBLE_DEVICES changed while it "
+            "started?)" % (missing, sorted(table)))
+    return tuple(table[gpu_id] for gpu_id in gpu_ids)
+
+
 class HarnessActor:
     """Ray actor body: owns one SDK harness subprocess.
 
@@ -171,7 +192,7 @@ class HarnessActor:
 
         gpu_ids = tuple(str(g) for g in ray.get_gpu_ids()) if spec.gpu_count > 0 else ()
         context = RuntimeContext(
-            self.worker_id, {"gpu": gpu_infos(gpu_ids)} if gpu_ids else {})
+            self.worker_id, {"gpu": device_infos(gpu_ids, spec.devices)} if gpu_ids else {})
         resource_env = context.to_env()
         if not gpu_ids:
             # A CPU-only worker must not see (and grab) GPUs Ray gave to others.
@@ -186,8 +207,9 @@ class HarnessActor:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", _LAUNCHER, str(os.getpid())] + argv,
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        _LOG.info("ray_actor: worker %s started harness pid %d with GPUs %s, log %s",
-                  self.worker_id, self._proc.pid, list(gpu_ids), self.log_path)
+        _LOG.info("ray_actor: worker %s started harness pid %d with Ray GPU ids %s (%s), "
+                  "log %s", self.worker_id, self._proc.pid, list(gpu_ids),
+                  context.gpus(), self.log_path)
         runtime = ray.get_runtime_context()
         return HarnessStarted(
             worker_id=self.worker_id,

@@ -177,10 +177,13 @@ class JobContext:
                     self._beam.input_transform_to_buffer_id[transform.unique_name])
         return out
 
-    @staticmethod
-    def data_outputs(stage: StageContext) -> dict[str, BufferId]:
+    def data_outputs(self, stage: StageContext) -> dict[str, BufferId]:
+        """Data output transform -> the buffer it writes. From the stage's own
+        context, built before setup rewrote the payloads (a draining variant,
+        built later from the rewritten stage, has the same data transforms)."""
+        original = self._contexts.get(stage.stage.name, stage)
         return {transform: BufferId.parse(raw)
-                for transform, raw in stage.stage_data_outputs.items()}
+                for transform, raw in original.stage_data_outputs.items()}
 
     @staticmethod
     def timer_outputs(stage: StageContext) -> dict[tuple[str, str], BufferId]:

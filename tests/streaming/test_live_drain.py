@@ -30,6 +30,22 @@ pytestmark = pytest.mark.slow
 INTERVAL = 0.05
 
 
+class MarkRead(beam.DoFn):
+    """Leaves a file per element the source emitted (``read-<index>``)."""
+
+    def __init__(self, folder: str, start: float, interval: float) -> None:
+        self._folder, self._start, self._interval = folder, start, interval
+
+    def process(self, stamp):
+        index = round((float(stamp) - self._start) / self._interval)
+        pathlib.Path(self._folder, "read-%d" % index).touch()
+        yield stamp
+
+
+def read_so_far(folder: pathlib.Path) -> list[int]:
+    return [int(p.name[len("read-"):]) for p in folder.glob("read-*")]
+
+
 def test_drain_stops_the_source_fires_the_last_window_and_ends_drained(
         tmp_path, no_leftover_workers):
     folder = tmp_path / "windows"
@@ -40,6 +56,7 @@ def test_drain_stops_the_source_fires_the_last_window_and_ends_drained(
     _ = (pipeline
          | PeriodicImpulse(start_timestamp=start, stop_timestamp=start + 3600,
                            fire_interval=INTERVAL)
+         | beam.ParDo(MarkRead(str(folder), start, INTERVAL))
          | beam.WindowInto(FixedWindows(1))
          | beam.Map(lambda t: ("stamps", t))
          | beam.GroupByKey()
@@ -52,6 +69,12 @@ def test_drain_stops_the_source_fires_the_last_window_and_ends_drained(
                 "the job ended before any window fired: %s" % result.state)
             time.sleep(0.05)
         assert read_window_indexes(str(folder)), "no window result within 120 s"
+        # Drain only once the source read an element past the first window, so
+        # that a later, partial window must fire at the end (no race on it).
+        first_end = min(w["end"] for w in read_window_indexes(str(folder)))
+        while (not any(start + i * INTERVAL >= first_end for i in read_so_far(folder))
+               and time.time() < deadline):
+            time.sleep(0.05)
         assert result.state == PipelineState.RUNNING
 
         assert result.drain() == PipelineState.DRAINING
@@ -73,7 +96,7 @@ def test_drain_stops_the_source_fires_the_last_window_and_ends_drained(
     assert len(indexes) < 3600 / INTERVAL
     print("drained after %d elements in %d windows" % (len(indexes), len(windows)))
 
-    with pytest.raises(JobNotDrainableError, match="already ended in state DRAINED"):
+    with pytest.raises(JobNotDrainableError, match=r"state DRAINED\): the job already ended"):
         result.drain()
 
 

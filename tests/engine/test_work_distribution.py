@@ -155,3 +155,13 @@ def test_a_refusal_that_comes_after_the_bundle_ended_is_ignored():
     assert em.handle(SplitRefused(src.id)) == []   # still running: backs off
     em.handle(BundleSucceeded(src.id))
     assert em.handle(SplitRefused(src.id)) == []
+
+
+def test_a_test_stream_pipeline_keeps_each_events_elements_together():
+    from beam_gpu_runner.engine.test_stream_script import EmitElements, TestStreamScript
+    clock = TestingClock()
+    graph = StageGraph.of([gpu_stage()], pools={"gpu": 4})
+    em = ElementManager(graph, clock, divider=SequenceDivider())
+    em.add_test_stream(TestStreamScript(["src"], [EmitElements("src", ITEMS[:8], 8)]))
+    [bundle] = runs(em.start())
+    assert bundle.inputs == {"in": (ITEMS[:8],)}

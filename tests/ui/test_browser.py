@@ -21,7 +21,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
-from beam_gpu_runner.execution.result import GpuPipelineResult
+from beam_gpu_runner.execution.pipeline_result import GpuPipelineResult
 from beam_gpu_runner.jobservice.job_options import ServerJobDefaults
 from beam_gpu_runner.jobservice.main import fake_gpu_keys
 from beam_gpu_runner.jobservice.server import JobServer

@@ -25,14 +25,16 @@ ALLOWED: dict[str, set[str]] = {
     "preprocess": {"engine", "resources", "workers"},
     "execution": {"engine", "preprocess", "workers", "placement", "resources"},
     "runner": {"execution", "preprocess", "workers", "placement", "resources", "engine",
-               "options"},
+               "options", "interrupts"},
     "options": set(),
     "status": set(),   # plain values describing jobs, read by the UI and the job server
     "cli": set(),   # loads subcommands lazily by name
+    "interrupts": set(),   # SIGTERM as KeyboardInterrupt, for entry points
     "testing": {"runner", "options", "resources", "drivers"},
     "jobservice": {"runner", "options", "resources", "placement"},
     "transforms": {"resources", "root"},
-    "pipelines": {"transforms", "resources", "runner", "options", "root", "jobservice"},
+    "pipelines": {"transforms", "resources", "runner", "options", "root", "jobservice",
+                  "interrupts"},
     "root": {"resources", "runner", "options"},   # beam_gpu_runner/__init__.py
 }
 

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+import beam_gpu_runner.interrupts as interrupts
 from beam_gpu_runner.pipelines.runner_flag import (
     DEFAULT_RUNNER, RunnerUnavailableError, parse_known, pipeline_options)
 from beam_gpu_runner.transforms import bundled
@@ -241,13 +242,20 @@ def _main(argv: list[str]) -> None:
         summary = train(config_from_flags(), argv[1:])
     except (RunnerUnavailableError, FileNotFoundError) as exc:
         sys.exit("mnist_train: %s" % exc)
+    except KeyboardInterrupt as interrupt:   # GpuRunner cancelled the running epoch
+        print("mnist_train: %s; no model written" % (
+            "terminated" if isinstance(interrupt, interrupts.Terminated) else "interrupted"),
+            file=sys.stderr, flush=True)
+        sys.exit(interrupts.exit_code(interrupt))
     print("mnist_train: %s test accuracy %.2f%% (%d/%d)"
           % (summary.output, 100 * summary.test.accuracy, summary.test.correct,
              summary.test.total))
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    app.run(_main, argv=argv, flags_parser=parse_flags)
+    # SIGTERM stops training as Ctrl-C does (the running job is cancelled).
+    with interrupts.sigterm_interrupts():
+        app.run(_main, argv=argv, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ This is Beam's portable submission: ``--runner=PortableRunner
 --job_endpoint=HOST:PORT``. Every other argument goes to
 ``python -m beam_gpu_runner.pipelines.mnist_streaming`` unchanged (see its
 ``--help``), so this example depends only on that module's command line.
+Unless given, ``--job_name=mnist-streaming`` names the job on the server
+(Beam's Python client sends no name of its own) and ``--log_level=info``
+shows the client's progress (the job's id, its states).
 With ``--environment_type=LOOPBACK`` (the default here) unhinted user code
 runs in this process; the GPU-hinted classification stage runs on the job
 server's own GPU workers.
@@ -39,10 +42,14 @@ def portable_argv(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Submit; the pipeline module's ``main`` handles Ctrl-C and SIGTERM."""
     args = list(sys.argv if argv is None else argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pipeline_argv = [args[0] if args else "submit_mnist", *portable_argv(args[1:])]
+    for flag, default in (("--job_name", "mnist-streaming"), ("--log_level", "info")):
+        if not any(a == flag or a.startswith(flag + "=") for a in pipeline_argv):
+            pipeline_argv.append("%s=%s" % (flag, default))
     _LOG.info("submit_mnist: %s %s", PIPELINE_MODULE, " ".join(pipeline_argv[1:]))
     # Imported lazily: the example only needs the module's documented main().
     importlib.import_module(PIPELINE_MODULE).main(pipeline_argv)

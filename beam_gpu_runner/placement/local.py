@@ -211,9 +211,13 @@ class LocalPlacement:
         _LOG.info("Starting worker %s (%s), log %s", launch.worker_id,
                   launch.requirements.describe(), log_path)
         # Its own session: the terminal's Ctrl-C reaches the driver, not it.
-        popen = subprocess.Popen(
-            harness_command(), env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            popen = subprocess.Popen(
+                harness_command(), env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        except BaseException:
+            log_file.close()
+            raise
         assert popen.stdout is not None and popen.stderr is not None
         worker_id = launch.worker_id
         pumps = [OutputPump("%s-%s" % (worker_id, stream), pipe, log_file, stream,

@@ -19,6 +19,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fake_gpu_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            "expected how many fake GPUs, a whole number >= 1 (e.g. --fake_gpus=2), "
+            "got %r" % text)
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -79,6 +91,11 @@ class GpuRunnerOptions(PipelineOptions):
             "--external_resource", action="append", default=None,
             help="One Flink-style key=value, e.g. "
                  "external-resource.gpu.amount=2 (repeatable).")
+        group.add_argument(
+            "--fake_gpus", type=_fake_gpu_count, default=None, metavar="N",
+            help="Fake N GPUs with the testing driver (no GPU needed; stages "
+                 "compute on the CPU). Replaces the external resource config: "
+                 "do not combine with --external_resource(s_config).")
         group.add_argument(
             "--placement", default="local", choices=("local", "ray"),
             help="Where worker processes run: local subprocesses or Ray actors.")

@@ -115,10 +115,12 @@ class GpuRunner(PipelineRunner):
         progress = show_progress(result.status)
         try:
             result.wait_until_finish()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
+            # Ctrl-C: stop the job (its workers, its leases) before the
+            # interrupt goes on; the caller finds it on the interrupt.
             progress.stop()
-            _LOG.info("Interrupted: cancelling the job")
             result.cancel()
+            setattr(interrupt, "pipeline_result", result)
             raise
         finally:
             progress.stop()
@@ -225,8 +227,7 @@ def _default_placement(options: GpuRunnerOptions) -> Placement:
 def _device_allocator(options: GpuRunnerOptions) -> Any:
     from beam_gpu_runner.resources.assignment import DeviceAllocator
     from beam_gpu_runner.resources.config import ExternalResourceConfig
-    config = ExternalResourceConfig.load(
-        options.external_resources_config, options.external_resource or ())
+    config = ExternalResourceConfig.from_options(options)   # --fake_gpus too
     return DeviceAllocator(config, lease_dir=options.lease_dir,
                            wait_timeout=options.device_wait_timeout)
 
@@ -259,20 +260,65 @@ def plan_main(argv: Sequence[str]) -> int:
     return report(argv, placement=placement_lines)
 
 
+RUN_USAGE = """\
+usage: beam-gpu-runner run MODULE_OR_SCRIPT [pipeline args...]
+
+Runs a pipeline program on GpuRunner: a module (run as with python -m) or a
+.py file, with --runner=beam_gpu_runner.GpuRunner added to its arguments
+unless they name a runner. Its arguments go to it unchanged, so
+`beam-gpu-runner run MODULE --help` shows the program's own help.
+
+  beam-gpu-runner run beam_gpu_runner.pipelines.mnist_streaming --num_images=2000
+  beam-gpu-runner run my_pipeline.py --fake_gpus=2 --num_workers=2
+
+GpuRunner's options: --fake_gpus, --external_resource, --external_resources_config,
+--num_workers, --placement, ... (README.md lists them). SIGTERM stops the
+program as Ctrl-C does: a running job is cancelled and its workers stopped."""
+
+
 def run_main(argv: Sequence[str]) -> int:
     """``beam-gpu-runner run MODULE [args]``: run a pipeline module on GpuRunner."""
+    import importlib.util
     import runpy
-    if not argv:
-        print("usage: beam-gpu-runner run MODULE_OR_SCRIPT [pipeline args]", file=sys.stderr)
-        return 2
+
+    import beam_gpu_runner.interrupts as interrupts
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(RUN_USAGE, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
     target, rest = argv[0], list(argv[1:])
+    is_path = target.endswith(".py") or os.path.sep in target
+    if target.startswith("-"):
+        print("beam-gpu-runner run: %r is an option, but the first argument must be the "
+              "pipeline module or script to run\n\n%s" % (target, RUN_USAGE), file=sys.stderr)
+        return 2
+    if is_path and not os.path.isfile(target):
+        print("beam-gpu-runner run: no such pipeline script %r (from %s); give an "
+              "existing .py file or a module name" % (target, os.getcwd()), file=sys.stderr)
+        return 2
+    if not is_path:
+        try:
+            found = importlib.util.find_spec(target)
+        except (ImportError, ValueError) as exc:   # a parent package is missing
+            found, reason = None, "%s: %s" % (type(exc).__name__, exc)
+        else:
+            reason = "not found on the module path"
+        if found is None:
+            print("beam-gpu-runner run: cannot run module %r (%s); give an importable "
+                  "module (as for python -m) or a .py file" % (target, reason),
+                  file=sys.stderr)
+            return 2
     if not any(a.startswith("--runner") for a in rest):
         rest.append("--runner=beam_gpu_runner.GpuRunner")
     sys.argv = [target] + rest
-    if target.endswith(".py") or os.path.sep in target:
-        runpy.run_path(target, run_name="__main__")
-    else:
-        runpy.run_module(target, run_name="__main__", alter_sys=True)
+    try:
+        with interrupts.sigterm_interrupts():
+            if is_path:
+                runpy.run_path(target, run_name="__main__")
+            else:
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
+    except KeyboardInterrupt as interrupt:
+        print("beam-gpu-runner run: %s: stopped" % target, file=sys.stderr)
+        return interrupts.exit_code(interrupt)
     return 0
 
 

@@ -39,6 +39,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+import beam_gpu_runner.interrupts as interrupts
 from beam_gpu_runner.pipelines.runner_flag import (
     DEFAULT_ACCELERATOR, DEFAULT_RUNNER, RunnerUnavailableError, parse_known,
     pipeline_options, with_fake_gpu_if_none)
@@ -293,13 +294,20 @@ def _main(argv: list[str]) -> None:
                         fake_gpu_when_none=FLAGS.fake_gpu_when_none)
     except (RunnerUnavailableError, FileNotFoundError) as exc:
         sys.exit("mnist_train: %s" % exc)
+    except KeyboardInterrupt as interrupt:   # GpuRunner cancelled the running epoch
+        print("mnist_train: %s; no model written" % (
+            "terminated" if isinstance(interrupt, interrupts.Terminated) else "interrupted"),
+            file=sys.stderr, flush=True)
+        sys.exit(interrupts.exit_code(interrupt))
     print("mnist_train: %s test accuracy %.2f%% (%d/%d); shards trained on %s"
           % (summary.output, 100 * summary.test.accuracy, summary.test.correct,
              summary.test.total, summary.devices()))
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    app.run(_main, argv=argv, flags_parser=parse_flags)
+    # SIGTERM stops training as Ctrl-C does (the running job is cancelled).
+    with interrupts.sigterm_interrupts():
+        app.run(_main, argv=argv, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,8 @@ DEFAULT_RUNNER = "beam_gpu_runner.GpuRunner"
 #: One GPU, any NVIDIA model (the type names the vendor and no model).
 DEFAULT_ACCELERATOR = "type:nvidia;count:1"
 
-FAKE_GPU_ARGS = (
-    "--external_resource=external-resource.gpu.driver-factory.class=testing",
-    "--external_resource=external-resource.gpu.param.num-devices=1",
-    "--external_resource=external-resource.gpu.param.device-name=Testing GPU (CPU)",
-)
+#: GpuRunner's flag for one fake GPU from the testing driver.
+FAKE_GPU_ARGS = ("--fake_gpus=1",)
 
 
 class RunnerUnavailableError(RuntimeError):
@@ -91,13 +88,15 @@ def with_fake_gpu_if_none(config: HintedRun, pipeline_args: Sequence[str]) -> li
     """On GpuRunner with a GPU hint, a host without GPUs gets one fake device.
 
     The demos then run everywhere: the hinted stage gets a testing device and
-    computes on the CPU. Explicit external resource flags are left alone, and
-    so is ``--ray_address`` (a Ray cluster's nodes say what GPUs they have); a
-    local Ray that ``--placement=ray`` starts declares the fake device.
+    computes on the CPU. Explicit device flags (``--fake_gpus``,
+    ``--external_resource[s_config]``) are left alone, and so is
+    ``--ray_address`` (a Ray cluster's nodes say what GPUs they have); a local
+    Ray that ``--placement=ray`` starts declares the fake device.
     """
     args = list(pipeline_args)
     if (config.runner != DEFAULT_RUNNER or not config.accelerator
-            or any(a.startswith(("--external_resource", "--ray_address")) for a in args)):
+            or any(a.startswith(("--fake_gpus", "--external_resource", "--ray_address"))
+                   for a in args)):
         return args
     from beam_gpu_runner.resources.assignment import DeviceAllocator
     from beam_gpu_runner.resources.config import ExternalResourceConfig
@@ -105,8 +104,8 @@ def with_fake_gpu_if_none(config: HintedRun, pipeline_args: Sequence[str]) -> li
         found = allocator.devices().get("gpu", ())
     if found:
         return args
-    _LOG.warning("no GPU found on this host; giving the stage hinted %r a fake device "
-                 "from the testing driver (it computes on the CPU). Pass "
-                 "--nofake_gpu_when_none to fail instead, or --accelerator= to drop the "
-                 "hint", config.accelerator)
+    _LOG.info("no GPU found on this host; giving the stage hinted %r a fake device "
+              "from the testing driver (--fake_gpus=1; it computes on the CPU). Pass "
+              "--nofake_gpu_when_none to fail instead, or --accelerator= to drop the "
+              "hint", config.accelerator)
     return args + list(FAKE_GPU_ARGS)

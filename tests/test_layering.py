@@ -29,16 +29,18 @@ ALLOWED: dict[str, set[str]] = {
     "execution": {"engine", "lifecycle", "status", "preprocess", "workers", "placement",
                   "resources", "bridge"},
     "runner": {"execution", "preprocess", "workers", "placement", "resources", "engine",
-               "options", "bridge", "status", "ui"},
+               "options", "bridge", "status", "ui", "interrupts"},
     "options": set(),
     "cli": set(),   # loads subcommands lazily by name
+    "interrupts": set(),   # SIGTERM as KeyboardInterrupt, for entry points
     "testing": {"runner", "options", "resources", "drivers"},
     "jobservice": {"runner", "options", "resources", "placement", "lifecycle", "status",
                    "bridge", "ui"},
     # the web UI, JSON/Prometheus endpoints, progress line: reads status values only
     "ui": {"status", "resources", "options"},
     "transforms": {"resources", "root"},
-    "pipelines": {"transforms", "resources", "runner", "options", "root", "jobservice"},
+    "pipelines": {"transforms", "resources", "runner", "options", "root", "jobservice",
+                  "interrupts"},
     "root": {"resources", "runner", "options"},   # beam_gpu_runner/__init__.py
 }
 

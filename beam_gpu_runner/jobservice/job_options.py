@@ -156,8 +156,11 @@ def merge_server_defaults(values: dict[str, Any], defaults: ServerJobDefaults
 def job_pipeline_options(struct: struct_pb2.Struct,
                          defaults: ServerJobDefaults = ServerJobDefaults()
                          ) -> PipelineOptions:
-    """The PipelineOptions an executor gets for a job."""
-    return PipelineOptions(**merge_server_defaults(options_dict(struct), defaults))
+    """The PipelineOptions an executor gets for a job: the client's, merged
+    with the server's defaults, and nothing else. ``flags=[]``: without it
+    Beam parses the server process's own ``sys.argv`` (``--port=8099``) into
+    every job's options ("Discarding unparseable args" in each job)."""
+    return PipelineOptions(flags=[], **merge_server_defaults(options_dict(struct), defaults))
 
 
 def _descriptor(action: argparse.Action, group: str) -> beam_job_api_pb2.PipelineOptionDescriptor:

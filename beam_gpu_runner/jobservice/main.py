@@ -41,6 +41,7 @@ from beam_gpu_runner.jobservice.executor import (
     DEFAULT_EXECUTOR, ExecutorLoadError, load_executor)
 from beam_gpu_runner.jobservice.job_options import ServerJobDefaults
 from beam_gpu_runner.jobservice.server import JobServer, JobServerError
+from beam_gpu_runner.resources.config import fake_gpu_keys
 from beam_gpu_runner.ui.access import AccessConfigError
 
 _LOGGER = logging.getLogger(__name__)
@@ -121,13 +122,6 @@ def _count(text: str) -> int:
     return value
 
 
-def fake_gpu_keys(count: int) -> tuple[str, ...]:
-    """The testing driver's keys that fake ``count`` GPUs (drivers/testing.py)."""
-    return ("external-resources=gpu",
-            "external-resource.gpu.driver-factory.class=testing",
-            "external-resource.gpu.param.num-devices=%d" % count)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     for item in args.external_resource:
@@ -140,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ExecutorLoadError as exc:
         print("beam-gpu-runner job-server: %s" % exc, file=sys.stderr)
         return 2
-    fake = fake_gpu_keys(args.fake_gpus) if args.fake_gpus else ()
+    fake = tuple(fake_gpu_keys(args.fake_gpus)) if args.fake_gpus else ()
     defaults = ServerJobDefaults(
         external_resources_config=args.external_resources_config,
         # The fake GPUs first: the server's own keys, then each job's, override them.

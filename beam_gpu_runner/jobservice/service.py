@@ -38,6 +38,58 @@ _LOGGER = logging.getLogger(__name__)
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
+#: The job name Beam's Python PortableRunner sends for every job.
+GENERIC_JOB_NAME = "job"
+#: Top-level transform labels a derived job name is built from, at most.
+_NAME_LABELS = 3
+
+
+def pipeline_label(pipeline: beam_runner_api_pb2.Pipeline) -> str:
+    """The pipeline's top-level transform labels, ``Replay-Classify-Sink+2``
+    (the first three and how many more), or "" when it has none.
+
+    Transforms are listed in the order the pipeline applied them; Beam's
+    own helpers (labels starting with ``ref_`` or ``_``) are left out.
+    """
+    comps = pipeline.components
+    top: list[str] = []
+    for root_id in pipeline.root_transform_ids:
+        root = comps.transforms.get(root_id)
+        if root is None:
+            continue
+        # A Python pipeline has one root (no label of the user's) holding the
+        # user's top-level transforms.
+        holder = not root.unique_name or root.unique_name.startswith("ref_")
+        children = list(root.subtransforms) if holder else [root_id]
+        for child in children:
+            transform = comps.transforms.get(child)
+            label = transform.unique_name if transform is not None else ""
+            if label and not label.startswith(("ref_", "_")):
+                top.append(label)
+    if not top:
+        return ""
+    name = "-".join(top[:_NAME_LABELS])
+    return name + ("+%d" % (len(top) - _NAME_LABELS) if len(top) > _NAME_LABELS else "")
+
+
+def job_name_for(option: object, requested: str,
+                 pipeline: Optional[beam_runner_api_pb2.Pipeline]) -> str:
+    """A job's name: its ``--job_name`` option; else the name the client sent,
+    unless it is the generic "job" that Beam's Python PortableRunner sends
+    for every job (Java's sends its main class); else the pipeline's
+    top-level transform labels (``pipeline_label``).
+
+    The submitting program's script is not known here: Python's client sends
+    neither ``sys.argv`` nor the script's name, only the options the user set
+    and the pipeline.
+    """
+    if option:
+        return str(option)
+    if requested and requested != GENERIC_JOB_NAME:
+        return requested
+    label = pipeline_label(pipeline) if pipeline is not None else ""
+    return label or requested or GENERIC_JOB_NAME
+
 
 class PipelineValidationError(ValueError):
     """A submitted pipeline proto is not a well-formed pipeline."""
@@ -154,7 +206,8 @@ class JobService(beam_job_api_pb2_grpc.JobServiceServicer):
             values = options_dict(request.pipeline_options)
         except JobOptionsError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "Prepare: %s" % exc)
-        job_name = str(values.get("job_name") or request.job_name or "job")
+        job_name = job_name_for(values.get("job_name"), request.job_name,
+                                request.pipeline if request.HasField("pipeline") else None)
         if not request.HasField("pipeline"):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                    "Prepare: job %r has no pipeline" % job_name)

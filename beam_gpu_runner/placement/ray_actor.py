@@ -13,7 +13,9 @@ has it, ``ray-gpu-<id>`` otherwise), and starts
 ``python -m beam_gpu_runner.placement.harness`` (Beam's SDK harness) as its child with that
 resource environment. The harness is tied to the actor: it gets SIGKILL when
 the actor process dies (Linux ``PR_SET_PDEATHSIG``), so a killed actor leaves
-no orphan harness behind.
+no orphan harness behind. The harness's stdout and stderr are forwarded line
+by line to the actor's own (``process_info.OutputPump``), which Ray streams to
+the driver with the actor's name, and kept in its log file.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from typing import Mapping, Optional, Sequence
 
 from beam_gpu_runner.placement import harness
 from beam_gpu_runner.placement.process_info import (  # noqa: F401 (re-exported)
-    describe_returncode, read_log_tail)
+    LogFile, OutputPump, describe_returncode, read_log_tail)
 from beam_gpu_runner.resources.api import ResourceInfo
 from beam_gpu_runner.resources.runtime_context import RuntimeContext
 
@@ -171,17 +173,23 @@ class HarnessActor:
     """Ray actor body: owns one SDK harness subprocess.
 
     Wrapped with ``ray.remote`` by ``RayPlacement``; plain class here so that it
-    can be unit-tested without Ray. The harness writes its output to
+    can be unit-tested without Ray. The harness's output goes to the actor's
+    stdout/stderr (Ray shows it on the driver) and to
     ``<Ray session>/logs/beam-gpu-runner/<worker_id>.log`` on its node (kept
-    with Ray's own logs), runs in the actor's working directory (a
+    with Ray's own logs); it runs in the actor's working directory (a
     ``runtime_env`` working_dir, if any) and gets a per-worker
     ``SEMI_PERSISTENT_DIRECTORY`` that ``stop``/``kill`` remove.
     """
+
+    #: Seconds ``stop``/``kill`` wait for the harness's pipes to drain.
+    DRAIN_S = 5.0
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
         self._proc: Optional[subprocess.Popen[bytes]] = None
         self._work_dir: Optional[str] = None
+        self._log: Optional[LogFile] = None
+        self._pumps: tuple[OutputPump, ...] = ()
         self.log_path: Optional[str] = None
 
     def start(self, spec: HarnessSpec) -> HarnessStarted:
@@ -203,10 +211,16 @@ class HarnessActor:
         self.log_path = os.path.join(_log_dir(self._work_dir), "%s.log" % _safe(self.worker_id))
         argv = list(spec.command) if spec.command else [
             sys.executable, "-m", HARNESS_MODULE]
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", _LAUNCHER, str(os.getpid())] + argv,
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self._log = LogFile(self.log_path)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(os.getpid())] + argv,
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._pumps = tuple(
+            OutputPump("%s-%s" % (self.worker_id, stream), pipe, self._log, stream)
+            for stream, pipe in (("stdout", self._proc.stdout),
+                                 ("stderr", self._proc.stderr)))
         _LOG.info("ray_actor: worker %s started harness pid %d with Ray GPU ids %s (%s), "
                   "log %s", self.worker_id, self._proc.pid, list(gpu_ids),
                   context.gpus(), self.log_path)
@@ -235,7 +249,13 @@ class HarnessActor:
             return None
 
     def log_tail(self, lines: int = 20) -> str:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._drain(2.0)   # its last words may still be in the pipe
         return read_log_tail(self.log_path, lines)
+
+    def _drain(self, timeout: float) -> None:
+        for pump in self._pumps:
+            pump.join(timeout)
 
     def stop(self, timeout: float = 5.0) -> Optional[int]:
         """SIGTERM, then SIGKILL after ``timeout``; returns the return code."""
@@ -265,6 +285,9 @@ class HarnessActor:
         return proc.returncode
 
     def _cleanup(self) -> None:
+        self._drain(self.DRAIN_S)
+        if self._log is not None:
+            self._log.close()
         if self._work_dir:
             shutil.rmtree(self._work_dir, ignore_errors=True)
             self._work_dir = None

@@ -46,10 +46,40 @@ class ResourceInfo:
     """The standard, picklable ExternalResourceInfo: a frozen property map.
 
     GPUs carry at least ``index`` (physical, PCI bus order), ``uuid`` and
-    ``name``.
+    ``name``. Every property reads as an attribute too, as the repr shows it
+    (a string; ``-`` in a key reads as ``_``: ``info.memory_total``);
+    ``index``, ``uuid`` and ``name`` are None on a resource without them, any
+    other missing one raises AttributeError naming the keys it has.
     """
 
     properties: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def index(self) -> Optional[str]:
+        """The ``index`` property (a GPU's physical index, e.g. ``"0"``)."""
+        return self.get_property("index")
+
+    @property
+    def uuid(self) -> Optional[str]:
+        """The ``uuid`` property (e.g. ``"GPU-8f3c..."``; MIG devices ``"MIG-..."``)."""
+        return self.get_property("uuid")
+
+    @property
+    def name(self) -> Optional[str]:
+        """The ``name`` property (e.g. ``"NVIDIA H100 80GB HBM3"``)."""
+        return self.get_property("name")
+
+    def __getattr__(self, attribute: str) -> str:
+        # Only called for what the class does not define: the other properties.
+        if attribute.startswith("_") or attribute == "properties":
+            raise AttributeError(attribute)   # copy/pickle probing; unpickling
+        for key, value in self.properties:
+            if key == attribute or key.replace("-", "_") == attribute:
+                return value
+        raise AttributeError(
+            "ResourceInfo has no property %r; it has %s (get_property(key) returns "
+            "None for a missing key)" % (attribute, ", ".join(
+                repr(k) for k, _ in self.properties) or "none"))
 
     @classmethod
     def of(cls, **props: object) -> "ResourceInfo":

@@ -23,11 +23,14 @@ uses every resource the driver discovers, which may be none.
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import yaml
+
+_LOG = logging.getLogger(__name__)
 
 LIST_KEY = "external-resources"
 PREFIX = "external-resource."
@@ -40,6 +43,29 @@ _SIMPLE_SUFFIXES = ("amount", "driver-factory.class", "kubernetes.config-key",
 
 class ConfigError(ValueError):
     """A malformed external resource configuration (message names key, value, fix)."""
+
+
+TESTING_DRIVER = "testing"
+
+
+def fake_gpu_keys(count: int, device_name: Optional[str] = None) -> list[str]:
+    """The ``key=value`` overrides that fake ``count`` GPUs with the testing
+    driver (``--fake_gpus``); ``device_name`` defaults to the driver's own
+    (``NVIDIA H100 80GB HBM3``, so ``type:nvidia-h100`` hints match).
+
+    Each is what one ``--external_resource`` takes, so
+    ``ExternalResourceConfig.load(None, fake_gpu_keys(2))`` is the config.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError("fake GPUs: the count must be a whole number >= 1 (e.g. "
+                          "--fake_gpus=2), got %r" % (count,))
+    prefix = "%s%s." % (PREFIX, DEFAULT_RESOURCE)
+    keys = ["%s=%s" % (LIST_KEY, DEFAULT_RESOURCE),
+            "%sdriver-factory.class=%s" % (prefix, TESTING_DRIVER),
+            "%sparam.num-devices=%d" % (prefix, count)]
+    if device_name is not None:
+        keys.append("%sparam.device-name=%s" % (prefix, device_name))
+    return keys
 
 
 @dataclass(frozen=True)
@@ -120,10 +146,31 @@ class ExternalResourceConfig:
 
     @classmethod
     def from_options(cls, options: Any) -> "ExternalResourceConfig":
-        """From ``PipelineOptions`` (GpuRunnerOptions' two config flags)."""
+        """From ``PipelineOptions``: GpuRunnerOptions' two config flags, or
+        ``--fake_gpus=N`` (N testing-driver GPUs; not with the other two)."""
         from beam_gpu_runner.options import GpuRunnerOptions
         opts = options.view_as(GpuRunnerOptions)
-        return cls.load(opts.external_resources_config, opts.external_resource or ())
+        return cls.with_fake_gpus(opts.fake_gpus, opts.external_resources_config,
+                                  opts.external_resource or ())
+
+    @classmethod
+    def with_fake_gpus(cls, fake_gpus: Optional[int], path: Optional[str] = None,
+                       overrides: Sequence[str] = ()) -> "ExternalResourceConfig":
+        """``load(path, overrides)``, or ``fake_gpus`` testing-driver GPUs when
+        that is set (said in the log); both at once is a ConfigError."""
+        if not fake_gpus:
+            return cls.load(path, overrides)
+        if path or overrides:
+            given = ([("--external_resources_config=%s" % path)] if path else []) + [
+                "--external_resource=%s" % o for o in overrides]
+            raise ConfigError(
+                "--fake_gpus=%d and %s were both given: --fake_gpus replaces the "
+                "external resource config with %d testing-driver GPUs; drop it to use "
+                "the config, or drop the config (or fake devices in it: %s)"
+                % (fake_gpus, " ".join(given), fake_gpus, " ".join(fake_gpu_keys(fake_gpus))))
+        _LOG.info("--fake_gpus=%d: %d fake GPU(s) from the testing driver (no GPU is used; "
+                  "hinted stages compute on the CPU)", fake_gpus, fake_gpus)
+        return cls.load(None, fake_gpu_keys(fake_gpus))
 
     def to_flat(self) -> dict[str, str]:
         """The flat Flink keys equivalent to this config."""

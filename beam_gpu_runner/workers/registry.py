@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 from apache_beam.portability.api import beam_fn_api_pb2, endpoints_pb2
 
 from beam_gpu_runner.bridge.workers import StateServicer, Worker, new_grpc_server
+from beam_gpu_runner.workers import lost_streams
 from beam_gpu_runner.workers.logs import LogServer
 
 _LOG = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class _Endpoints:
 
 class WorkerRegistry:
     def __init__(self, provision_info: Any, host: str) -> None:
+        lost_streams.install()   # a worker's end: one line, not Beam's tracebacks
         self.state_servicer = StateServicer()
         self.provision_info = provision_info
         self._descriptors: dict[str, beam_fn_api_pb2.ProcessBundleDescriptor] = {}

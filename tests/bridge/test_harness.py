@@ -55,3 +55,25 @@ def test_the_harness_still_runs_when_the_flush_size_cannot_be_set(monkeypatch, c
     entry_point.main(["harness"])
     assert ran == [["harness"]]
     assert "keeping Beam's output flush size" in caplog.text
+
+
+def test_worker_logging_reaches_stderr_only_as_errors_before_beams_handler(monkeypatch):
+    import io
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))   # restored after
+    out, err = io.TextIOWrapper(io.BytesIO()), io.StringIO()
+    harness._setup_output(out, err)
+    assert out.line_buffering
+    log = logging.getLogger("beam_gpu_runner.test_harness")
+    log.warning("an import-time warning")   # the root has a handler: no basicConfig
+    log.error("early error")
+
+    class FnApiLogRecordHandler(logging.Handler):   # Beam's, by name
+        def emit(self, record: logging.LogRecord) -> None:
+            pass
+
+    root.addHandler(FnApiLogRecordHandler())
+    log.error("relayed over the Fn API only")
+    assert err.getvalue() == "ERROR beam_gpu_runner.test_harness: early error\n"

@@ -130,9 +130,9 @@ def test_the_ui_of_a_server_with_fake_gpus_lists_them(tmp_path: Path,
     import json
     import urllib.request
 
-    from beam_gpu_runner.jobservice.main import fake_gpu_keys
+    from beam_gpu_runner.resources.config import fake_gpu_keys
     monkeypatch.setenv("BEAM_GPU_RUNNER_LEASE_DIR", str(tmp_path))
-    defaults = ServerJobDefaults(external_resources=fake_gpu_keys(3))
+    defaults = ServerJobDefaults(external_resources=tuple(fake_gpu_keys(3)))
     with JobServer(ControlledExecutor(), "127.0.0.1", 0, defaults=defaults, ui_port=0) as srv:
         assert srv.ui_url is not None
         with urllib.request.urlopen(srv.ui_url + "api/devices", timeout=30) as resp:

@@ -120,3 +120,24 @@ def test_main_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "--window_seconds" in out and "--accelerator" in out
+
+
+def test_fake_gpu_flag_unless_devices_are_configured() -> None:
+    from beam_gpu_runner.pipelines.mnist_streaming import with_fake_gpu_if_none
+    assert with_fake_gpu_if_none(StreamingConfig(), ["--fake_gpus=2"]) == ["--fake_gpus=2"]
+    explicit = ["--external_resource=external-resource.gpu.amount=1"]
+    assert with_fake_gpu_if_none(StreamingConfig(), explicit) == explicit
+    assert with_fake_gpu_if_none(StreamingConfig(runner="DirectRunner"), []) == []
+    assert with_fake_gpu_if_none(StreamingConfig(accelerator=""), []) == []
+
+
+def test_interrupted_summary_counts_the_files_this_run_wrote(tmp_path: Path) -> None:
+    from beam_gpu_runner.pipelines.mnist_streaming import _summary
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions-old.csv").write_text(HEADER + "\n1,1,1,0,0\n")
+    (out / "predictions-new.csv").write_text(HEADER + "\n2,2,2,0,0\n3,3,4,0,0\n")
+    config = StreamingConfig(output=str(out))
+    summary = _summary(None, config, {"predictions-old.csv"}, 2.0, stop_signal=2)
+    assert (summary.images, summary.correct, summary.stop_signal) == (2, 1, 2)
+    assert summary.line().startswith("summary: 2 images, accuracy 50.00% (1 correct), 1 images/s")

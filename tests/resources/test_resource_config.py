@@ -140,3 +140,55 @@ def test_specs_are_frozen_and_hashable() -> None:
     hash(config)
     with pytest.raises(AttributeError):
         config.resources[0].amount = 3  # type: ignore[misc]
+
+
+def test_fake_gpu_keys_are_testing_driver_overrides() -> None:
+    from beam_gpu_runner.resources.config import fake_gpu_keys
+    keys = fake_gpu_keys(3)
+    assert keys == ["external-resources=gpu",
+                    "external-resource.gpu.driver-factory.class=testing",
+                    "external-resource.gpu.param.num-devices=3"]
+    spec = load_config(None, keys).get("gpu")
+    assert spec is not None and spec.driver_factory == "testing"
+    assert spec.params == {"num-devices": "3"}
+    named = load_config(None, fake_gpu_keys(1, device_name="Tesla T4")).get("gpu")
+    assert named is not None and named.params["device-name"] == "Tesla T4"
+    for bad in (0, -1, True, "2"):
+        with pytest.raises(ConfigError, match="whole number >= 1"):
+            fake_gpu_keys(bad)  # type: ignore[arg-type]
+
+
+def test_fake_gpus_option_fakes_devices_and_says_so(caplog) -> None:
+    import logging
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from beam_gpu_runner.resources.assignment import DeviceAllocator
+    with caplog.at_level(logging.INFO, logger="beam_gpu_runner.resources.config"):
+        config = ExternalResourceConfig.from_options(PipelineOptions(["--fake_gpus=2"]))
+    assert "--fake_gpus=2: 2 fake GPU(s) from the testing driver" in caplog.text
+    with DeviceAllocator(config, drivers=None) as allocator:
+        gpus = allocator.devices()["gpu"]
+    assert [g.name for g in gpus] == ["NVIDIA H100 80GB HBM3"] * 2
+    assert ExternalResourceConfig.from_options(PipelineOptions([])) == \
+        ExternalResourceConfig.default()
+
+
+def test_fake_gpus_with_an_explicit_config_is_an_error_naming_both(tmp_path: Path) -> None:
+    from apache_beam.options.pipeline_options import PipelineOptions
+    path = tmp_path / "gpus.yaml"
+    path.write_text("external-resource.gpu.amount: 1\n")
+    for args, named in (
+            (["--external_resource=external-resource.gpu.amount=1"],
+             "--external_resource=external-resource.gpu.amount=1"),
+            (["--external_resources_config=%s" % path],
+             "--external_resources_config=%s" % path)):
+        with pytest.raises(ConfigError) as info:
+            ExternalResourceConfig.from_options(PipelineOptions(["--fake_gpus=2", *args]))
+        assert "--fake_gpus=2 and %s were both given" % named in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_fake_gpus_flag_wants_a_positive_count(value: str) -> None:
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from beam_gpu_runner.options import GpuRunnerOptions
+    with pytest.raises(SystemExit):
+        PipelineOptions(["--fake_gpus=%s" % value]).view_as(GpuRunnerOptions)

@@ -194,6 +194,28 @@ def test_sink_to_stdout(beam_runner: str, capsys: pytest.CaptureFixture[str]) ->
         "2,2,2,100.000000,100.500000"]
 
 
+def test_sink_counts_what_it_wrote(beam_runner: str, tmp_path: Path) -> None:
+    from beam_gpu_runner.transforms.sink import count_rows, prediction_files
+    out = tmp_path / "preds"
+    earlier = out / "predictions-earlier.csv"
+    out.mkdir()
+    earlier.write_text(HEADER + "\n7,7,7,1.0,2.0\n")
+    p = _pipeline(beam_runner)
+    _ = (p | beam.Create([_predictions(s, 10) for s in range(0, 30, 10)])
+         | WritePredictions(str(out)))
+    result = p.run()
+    result.wait_until_finish()
+    assert {k: v for k, v in _counters(result).items() if k.startswith("written")} == {
+        "written": 30, "written_correct": 27}
+    new = count_rows(str(out), skip={earlier.name})
+    assert (new.rows, new.correct) == (30, 27)
+    assert count_rows(str(out)).rows == 31 and earlier.name in prediction_files(str(out))
+    assert count_rows(str(tmp_path / "absent")).rows == 0
+    (out / "predictions-bogus.csv").write_text("not,a,prediction,file\n")
+    with pytest.raises(ValueError, match="does not start with the header"):
+        count_rows(str(out))
+
+
 def test_sink_rejects_empty_output() -> None:
     with pytest.raises(ValueError, match="output must be a folder or '-'"):
         WritePredictions("")
@@ -210,6 +232,45 @@ def test_window_stats_combine() -> None:
     framed = WindowStats(images=20, correct=18, window_start=10.0, window_end=12.0)
     assert framed.images_per_second == pytest.approx(10.0)
     assert "20 images, accuracy 90.00%, 10 images/s" in framed.line()
+
+
+def _window(emitted: list[float], start: float = 1000.0, length: float = 2.0,
+            batch: int = 100, batch_seconds: float = 0.0) -> WindowStats:
+    fn = WindowStatsFn()
+    acc = fn.create_accumulator()
+    for t in emitted:
+        b = _predictions(0, batch)
+        acc = fn.add_input(acc, BatchPredictions(
+            start=0, predictions=b.predictions, labels=b.labels, emitted_at=t,
+            classified_at=t + 0.01, device="cpu:0"))
+    from dataclasses import replace
+    return replace(fn.extract_output(acc), window_start=start, window_end=start + length,
+                   batch_seconds=batch_seconds)
+
+
+def test_window_rate_is_over_the_span_the_stream_covered() -> None:
+    # 1000 images/s in batches of 100: one batch every 0.1 s
+    full = _window([1000.03 + 0.1 * i for i in range(20)])
+    assert full.images_per_second == pytest.approx(1000.0)
+    last = _window([1000.03, 1000.13, 1000.23])           # the stream ended here
+    assert last.span == pytest.approx(0.3)
+    assert last.images_per_second == pytest.approx(1000.0)  # not 300 / 2 s
+    first = _window([1001.5 + 0.1 * i for i in range(5)])  # it started here
+    assert first.images_per_second == pytest.approx(1000.0)
+    one = _window([1001.95])
+    assert one.images_per_second == pytest.approx(50.0)    # gap unknown: the window
+    assert _window([1001.95], batch_seconds=0.1).images_per_second == pytest.approx(1000.0)
+    assert _window([]).images_per_second == 0.0
+
+
+def test_window_line_shows_clock_times() -> None:
+    import time as _time
+    from beam_gpu_runner.transforms.window_stats import clock_span
+    start = _time.mktime((2026, 11, 29, 17, 42, 10, 0, 0, -1))   # local time
+    line = _window([start + 0.1 * i for i in range(20)], start=start).line()
+    assert line.startswith("window 17:42:10-17:42:12: 2000 images, accuracy 99.00%, "
+                           "1000 images/s, latency mean 10.0 ms max 10.0 ms")
+    assert clock_span(start + 0.05, start + 0.1) == "17:42:10.05-17:42:10.10"
 
 
 def test_concurrent_classify_instances_share_one_classifier(reference_model):

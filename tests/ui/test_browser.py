@@ -23,7 +23,7 @@ from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
 from beam_gpu_runner.execution.pipeline_result import GpuPipelineResult
 from beam_gpu_runner.jobservice.job_options import ServerJobDefaults
-from beam_gpu_runner.jobservice.main import fake_gpu_keys
+from beam_gpu_runner.resources.config import fake_gpu_keys
 from beam_gpu_runner.jobservice.server import JobServer
 from beam_gpu_runner.resources.leases import LEASE_DIR_ENV, Candidate, LeaseTable
 
@@ -134,7 +134,7 @@ def test_a_streaming_job_through_the_job_servers_ui(page: Any, tmp_path: Path,
     """Job server results are fakes whose status() advances on every poll."""
     monkeypatch.setenv(LEASE_DIR_ENV, str(tmp_path))
     executor = TickingExecutor()
-    defaults = ServerJobDefaults(external_resources=fake_gpu_keys(2))
+    defaults = ServerJobDefaults(external_resources=tuple(fake_gpu_keys(2)))
     with JobServer(executor, "127.0.0.1", 0, defaults=defaults, ui_port=0) as srv:
         assert srv.ui_url is not None
         stub = job_stub(srv.endpoint)

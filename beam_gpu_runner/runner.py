@@ -191,7 +191,8 @@ class GpuRunner(PipelineRunner):
                    for s in stages},
             options={k: str(v) for k, v in portable.items()})
         registry.on_close(release)   # the job closes the registry when it ends
-        job = GpuJob(plan, registry, factory, gpu_options.max_bundle_attempts)
+        job = GpuJob(plan, registry, factory, gpu_options.max_bundle_attempts,
+                     keep_logs=getattr(placement, "keep_logs", None))
         job.start()
         return GpuPipelineResult(job)
 

@@ -29,7 +29,8 @@ from beam_gpu_runner.engine.element_manager import ElementManager, StageStats
 from beam_gpu_runner.engine.events import Bundle
 from beam_gpu_runner.execution.driver import Driver
 from beam_gpu_runner.engine.timestamps import MIN_TIMESTAMP
-from beam_gpu_runner.execution.errors import JobCancelledError, JobNotDrainableError
+from beam_gpu_runner.execution.errors import (
+    JobCancelledError, JobFailedError, JobNotDrainableError)
 from beam_gpu_runner.preprocess.drain import truncating_variant
 from beam_gpu_runner.preprocess.stage_graph import JobGraph
 from beam_gpu_runner.status import JobStatus, MetricStatus, StageStatus, WorkerStatus
@@ -90,8 +91,13 @@ class GpuJob:
 
     def __init__(self, plan: JobPlan, services: Any, factory: WorkerFactory,
                  max_attempts: int, clock: Callable[[], float] = time.time,
-                 on_state: Optional[Callable[[str], None]] = None) -> None:
+                 on_state: Optional[Callable[[str], None]] = None,
+                 keep_logs: Optional[Callable[[], str]] = None) -> None:
+        """``keep_logs``: the placement's, called when the job fails so that
+        its workers' logs outlive it (returns where they are)."""
         self.plan = plan
+        self._keep_logs = keep_logs
+        self.logs_kept_in: Optional[str] = None
         self._services = services
         self._factory = factory
         self._max_attempts = max_attempts
@@ -186,8 +192,8 @@ class GpuJob:
             self.error = exc
             outcome = lifecycle.CANCELLED
         except BaseException as exc:   # the job's error is reported, not raised here
-            self.error = exc
-            _LOG.error("Job %s failed: %s", self.plan.job_id, exc)
+            self.error = self._with_logs(exc)
+            _LOG.error("Job %s failed: %s", self.plan.job_id, self.error)
         finally:
             self._close()
             with self._lock:
@@ -203,6 +209,22 @@ class GpuJob:
                 except Exception:
                     _LOG.warning("A when_done callback of job %s failed", self.plan.job_id,
                                  exc_info=True)
+
+    def _with_logs(self, error: BaseException) -> BaseException:
+        """Keep the workers' logs of a failed job, and say where in its error."""
+        if self._keep_logs is None:
+            return error
+        try:
+            self.logs_kept_in = self._keep_logs()
+        except Exception:
+            _LOG.warning("Keeping the worker logs of job %s failed", self.plan.job_id,
+                         exc_info=True)
+            return error
+        if isinstance(error, JobFailedError):
+            kept = JobFailedError("%s\n[worker logs kept in %s]" % (error, self.logs_kept_in))
+            kept.__cause__ = error.__cause__
+            return kept
+        return error
 
     def _run(self) -> None:
         plan = self.plan
@@ -320,7 +342,8 @@ class GpuJob:
             end_time=self.ended_at, streaming=plan.streaming, options=dict(plan.options),
             stages=tuple(stages), edges=_edges(plan.graph), workers=self._workers(),
             metrics=self._user_metrics(), error=str(error) if error else None,
-            traceback="".join(traceback.format_exception(error)) if error else None)
+            traceback="".join(traceback.format_exception(error)) if error else None,
+            logs_kept_in=self.logs_kept_in)
 
     def _workers(self) -> tuple[WorkerStatus, ...]:
         out = []

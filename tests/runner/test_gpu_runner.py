@@ -115,6 +115,11 @@ def test_user_exception_names_stage_and_step():
     assert "ZeroDivisionError: user code divided 7 by zero" in message
     assert "[while running 'ExplodeStep']" in message           # the step
     assert "[GpuRunner: failed in stage 'Create/" in message     # the stage
+    # The failed job kept its workers' logs, and says where.
+    kept = message.split("[worker logs kept in ")[1].rstrip("]")
+    assert os.path.isdir(kept) and any(name.endswith(".log") for name in os.listdir(kept))
+    import shutil
+    shutil.rmtree(kept)
 
 
 class NeverConnects(LocalPlacement):

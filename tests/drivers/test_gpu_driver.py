@@ -88,6 +88,7 @@ def test_too_few_gpus_names_them() -> None:
 
 # -- discovery scripts (Flink's contract) -------------------------------------
 
+@pytest.mark.slow   # runs a discovery script
 def test_script_output_enriched_from_nvml(tmp_path: Path) -> None:
     path = script(tmp_path, 'echo "1,0"')
     driver = GpuDriver({"discovery-script.path": str(path)}, nvml=TestingNvml(TWO_GPUS))
@@ -95,6 +96,7 @@ def test_script_output_enriched_from_nvml(tmp_path: Path) -> None:
     assert {i.get_property("uuid") for i in infos} == {"GPU-aaaa", "GPU-bbbb"}
 
 
+@pytest.mark.slow   # runs a discovery script
 def test_script_gets_amount_and_args(tmp_path: Path) -> None:
     out = tmp_path / "argv.txt"
     path = script(tmp_path, 'echo "$@" > %s; echo 3,4' % out)
@@ -123,6 +125,7 @@ def test_script_is_a_directory(tmp_path: Path) -> None:
         GpuDriver({"discovery-script.path": str(tmp_path)})
 
 
+@pytest.mark.slow   # runs a discovery script
 def test_script_non_zero_exit_shows_output(tmp_path: Path) -> None:
     path = script(tmp_path, 'echo partial; echo "no GPU for you" >&2; exit 3')
     driver = GpuDriver({"discovery-script.path": str(path)}, nvml=TestingNvml())
@@ -132,6 +135,7 @@ def test_script_non_zero_exit_shows_output(tmp_path: Path) -> None:
     assert "exited with code 3" in text and "partial" in text and "no GPU for you" in text
 
 
+@pytest.mark.slow   # runs a discovery script
 def test_script_timeout_kills_the_whole_group(tmp_path: Path) -> None:
     # the script's child keeps stdout open; we must not wait for it
     path = script(tmp_path, 'echo started; sleep 30 & sleep 30')
@@ -148,6 +152,7 @@ def test_script_timeout_kills_the_whole_group(tmp_path: Path) -> None:
     ("", "found 0 GPU"),
     ("0", "found 1 GPU.*2 were asked"),
 ])
+@pytest.mark.slow   # runs a discovery script
 def test_script_garbage_output(tmp_path: Path, output: str, match: str) -> None:
     path = script(tmp_path, "echo '%s'" % output)
     driver = GpuDriver({"discovery-script.path": str(path)}, nvml=TestingNvml())
@@ -155,6 +160,7 @@ def test_script_garbage_output(tmp_path: Path, output: str, match: str) -> None:
         driver.retrieve_resource_info(2)
 
 
+@pytest.mark.slow   # runs a discovery script
 def test_script_extra_indexes_are_trimmed(tmp_path: Path) -> None:
     path = script(tmp_path, "echo 0,1,2")
     driver = GpuDriver({"discovery-script.path": str(path)}, nvml=TestingNvml())
@@ -168,6 +174,7 @@ def test_bad_timeout(tmp_path: Path, value: str) -> None:
         GpuDriver({"discovery-script.path": str(path), "discovery-script.timeout": value})
 
 
+@pytest.mark.slow   # runs a discovery script
 def test_script_without_amount_uses_nvml_count(tmp_path: Path) -> None:
     path = script(tmp_path, 'echo "$1" > %s/amount; echo 0,1' % tmp_path)
     driver = GpuDriver({"discovery-script.path": str(path)}, nvml=TestingNvml(TWO_GPUS))
@@ -206,6 +213,7 @@ def test_bundled_script_is_executable() -> None:
     assert BUNDLED_SCRIPT.stat().st_mode & stat.S_IXUSR
 
 
+@pytest.mark.slow   # runs a discovery script
 def test_bundled_script_plain(fake_smi: dict[str, str]) -> None:
     assert run_bundled(fake_smi, "2")[:2] == (0, "0,1")
     code, _, err = run_bundled(fake_smi, "5")
@@ -217,6 +225,7 @@ def test_bundled_script_plain(fake_smi: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("flag", ["--enable-coordination-mode", "--enable-coordination"])
+@pytest.mark.slow   # runs a discovery script
 def test_bundled_script_coordination_is_disjoint(fake_smi: dict[str, str], tmp_path: Path,
                                                  flag: str) -> None:
     coord = str(tmp_path / "coord")
@@ -228,6 +237,7 @@ def test_bundled_script_coordination_is_disjoint(fake_smi: dict[str, str], tmp_p
     assert code3 != 0 and "only 0 of 4 are free" in err
 
 
+@pytest.mark.slow   # runs a discovery script
 def test_bundled_script_reclaims_dead_holders(fake_smi: dict[str, str],
                                               tmp_path: Path) -> None:
     import subprocess
@@ -241,6 +251,7 @@ def test_bundled_script_reclaims_dead_holders(fake_smi: dict[str, str],
     assert "reclaiming GPU 0 from dead process %d" % dead.pid in err
 
 
+@pytest.mark.slow   # runs a discovery script
 def test_gpu_driver_runs_bundled_script_by_name(fake_smi: dict[str, str],
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ from beam_gpu_runner.workers.staging import (
 
 from .wheels import make_wheel
 
+pytestmark = pytest.mark.slow  # builds packages in subprocesses
+
 
 def staged_file(path: Path, name: str) -> beam_runner_api_pb2.ArtifactInformation:
     return beam_runner_api_pb2.ArtifactInformation(

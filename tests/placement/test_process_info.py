@@ -6,10 +6,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from beam_gpu_runner.placement.local import LocalProcess
 from beam_gpu_runner.placement.process_info import describe_returncode, read_log_tail
 
 
+@pytest.mark.slow   # starts a process
 def test_local_process_reports_signal_exit_and_log_tail(tmp_path):
     log_path = tmp_path / "w.log"
     log = open(log_path, "ab")

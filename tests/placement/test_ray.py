@@ -30,7 +30,7 @@ from beam_gpu_runner.placement.ray import (  # noqa: E402
 from beam_gpu_runner.resources import runtime_context  # noqa: E402
 from beam_gpu_runner.resources.requirements import StageRequirements  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(180)]
 
 #: A stand-in harness: the env checks need a process, not a Beam worker.
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(600)")

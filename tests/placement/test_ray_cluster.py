@@ -25,7 +25,7 @@ from beam_gpu_runner.placement.ray import RayPlacement, RayPlacementError  # noq
 from beam_gpu_runner.resources import runtime_context  # noqa: E402
 from beam_gpu_runner.resources.requirements import StageRequirements  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(180)]
 
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(600)")
 

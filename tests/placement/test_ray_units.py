@@ -101,6 +101,7 @@ def test_gpu_infos_without_nvml_and_env_layering() -> None:
     assert ctx.worker_id == "w-9" and ctx.device_ordinal(3) == 1
 
 
+@pytest.mark.slow   # a fresh interpreter
 def test_placement_modules_import_without_ray() -> None:
     code = (
         "import sys\n"

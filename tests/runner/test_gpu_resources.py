@@ -15,7 +15,7 @@ from beam_gpu_runner.resources.assignment import ResourceShortageError
 from beam_gpu_runner.resources.hints import InvalidHintError
 from beam_gpu_runner.testing import gpu_test_args
 
-pytestmark = pytest.mark.usefixtures("no_leftover_workers")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftover_workers")]
 
 H100 = "NVIDIA H100 80GB HBM3"
 

@@ -18,7 +18,7 @@ from beam_gpu_runner.execution.errors import JobFailedError
 from beam_gpu_runner.placement.local import LocalPlacement
 from beam_gpu_runner.runner import GpuRunner
 
-pytestmark = pytest.mark.usefixtures("no_leftover_workers")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftover_workers")]
 
 
 def pipeline(*args: str, runner: GpuRunner | None = None) -> beam.Pipeline:

@@ -53,7 +53,7 @@ from beam_gpu_runner.pipelines.runner_flag import (  # noqa: F401 (FAKE_GPU_ARGS
     pipeline_options, with_fake_gpu_if_none)
 from beam_gpu_runner.transforms import bundled
 from beam_gpu_runner.transforms.classifier import METRICS_NAMESPACE
-from beam_gpu_runner.transforms.classify import ClassifyMnist
+from beam_gpu_runner.transforms.classify_mnist import ClassifyMnist
 from beam_gpu_runner.transforms.replay import ReplayMnist
 from beam_gpu_runner.transforms.sink import (
     STDOUT, WRITTEN, WRITTEN_CORRECT, WritePredictions, count_rows, prediction_files)

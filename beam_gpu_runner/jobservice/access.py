@@ -14,7 +14,7 @@ import grpc
 
 from beam_gpu_runner.ui.access import AccessPolicy, grpc_peer_address, log_refused
 
-_LOGGER = logging.getLogger(__name__)
+_LOG = logging.getLogger(__name__)
 
 
 class AllowListInterceptor(grpc.ServerInterceptor):

@@ -26,7 +26,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability import artifact_service
 from apache_beam.transforms import environments
 
-_LOGGER = logging.getLogger(__name__)
+_LOG = logging.getLogger(__name__)
 
 # Key of one dependency set: (environment id, index in its AnyOf expansion).
 DependencyKey = tuple[str, int]
@@ -132,7 +132,7 @@ class ArtifactStore:
             resolved = self.service.resolved_deps(job_id, timeout=wait_s if wanted else 0)
         except concurrent.futures.TimeoutError:
             if wanted:
-                _LOGGER.warning(
+                _LOG.warning(
                     "Job %s: the client staged no artifacts within %.1f s; "
                     "running with the dependencies as submitted", job_id, wait_s)
             return None
@@ -158,7 +158,7 @@ class ArtifactStore:
         job_dir = self.job_dir(job_id)
         if os.path.isdir(job_dir):
             shutil.rmtree(job_dir, ignore_errors=True)
-            _LOGGER.debug("Removed the staged files of job %s", job_id)
+            _LOG.debug("Removed the staged files of job %s", job_id)
 
     def close(self) -> None:
         if self._owns_root:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol, runtime_checkabl
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_runner_api_pb2, metrics_pb2
 
-_LOGGER = logging.getLogger(__name__)
+_LOG = logging.getLogger(__name__)
 
 DEFAULT_EXECUTOR = "beam_gpu_runner.jobservice.executor:GpuRunnerExecutor"
 
@@ -102,7 +102,7 @@ class GpuRunnerExecutor:
             beam_provision_api_pb2.ProvisionInfo(
                 retrieval_token="unused-retrieval-token", pipeline_options=struct),
             staged_artifacts_dir, job_name=job_name)
-        _LOGGER.info("Starting job %s on GpuRunner (staged artifacts: %s)",
+        _LOG.info("Starting job %s on GpuRunner (staged artifacts: %s)",
                      job_name, staged_artifacts_dir)
         result: JobResult = runner_module.GpuRunner(
             provision_info=provision).run_via_runner_api(pipeline_proto, options)

@@ -44,7 +44,7 @@ from beam_gpu_runner.jobservice.server import JobServer, JobServerError
 from beam_gpu_runner.resources.config import fake_gpu_keys
 from beam_gpu_runner.ui.access import AccessConfigError
 
-_LOGGER = logging.getLogger(__name__)
+_LOG = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,16 +155,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("beam-gpu-runner job-server: %s" % exc, file=sys.stderr)
         return 1
     if args.fake_gpus:
-        _LOGGER.info("Every job gets %d fake GPU(s) from the testing driver (--fake_gpus "
+        _LOG.info("Every job gets %d fake GPU(s) from the testing driver (--fake_gpus "
                      "%d): %s", args.fake_gpus, args.fake_gpus, " ".join(fake))
-    _LOGGER.info("Executor: %s. Submit with --runner=PortableRunner "
+    _LOG.info("Executor: %s. Submit with --runner=PortableRunner "
                  "--job_endpoint=%s --environment_type=LOOPBACK",
                  args.executor, server.endpoint)
 
     stop = threading.Event()
 
     def on_signal(signum: int, unused_frame: Optional[FrameType]) -> None:
-        _LOGGER.info("Received %s; shutting down", signal.Signals(signum).name)
+        _LOG.info("Received %s; shutting down", signal.Signals(signum).name)
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal)

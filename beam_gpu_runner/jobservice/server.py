@@ -36,7 +36,7 @@ from beam_gpu_runner.ui.access import access_policy
 from beam_gpu_runner.ui.devices import LocalDevices
 from beam_gpu_runner.ui.server import UiServer, UiServerError
 
-_LOGGER = logging.getLogger(__name__)
+_LOG = logging.getLogger(__name__)
 
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
@@ -198,11 +198,11 @@ class JobServer:
             server.start()
             self._server = server
             self.port = port
-        _LOGGER.info("Beam job server listening on %s (bound %s)%s",
+        _LOG.info("Beam job server listening on %s (bound %s)%s",
                      self.endpoint, _bind_address(self.host, port),
                      "" if policy.open else "; clients allowed from %s" % policy.describe())
         if self.ui is not None:
-            _LOGGER.info("Web UI at %s (jobs, devices; Prometheus metrics at %smetrics)",
+            _LOG.info("Web UI at %s (jobs, devices; Prometheus metrics at %smetrics)",
                          self.ui.url, self.ui.url)
         return port
 
@@ -213,7 +213,7 @@ class JobServer:
                 self._defaults.external_resources_config,
                 self._defaults.external_resources)
         except ValueError as exc:   # ConfigError: jobs will say so when they run
-            _LOGGER.warning("web UI: the server's external resource flags are invalid "
+            _LOG.warning("web UI: the server's external resource flags are invalid "
                             "(%s); the devices page lists leased devices only", exc)
             config = ExternalResourceConfig()
         return LocalDevices(config)
@@ -226,12 +226,12 @@ class JobServer:
             return
         jobs = self.service.cancel_all()
         if jobs:
-            _LOGGER.info("Stopping: cancelled %d running job(s): %s",
+            _LOG.info("Stopping: cancelled %d running job(s): %s",
                          len(jobs), ", ".join(j.job_id for j in jobs))
         deadline = time.monotonic() + self.shutdown_timeout_s
         for job in jobs:
             if not job.wait_until_terminal(max(0.0, deadline - time.monotonic())):
-                _LOGGER.warning("Job %s did not end within %.0f s of its cancel "
+                _LOG.warning("Job %s did not end within %.0f s of its cancel "
                                 "(state %s)", job.job_id, self.shutdown_timeout_s, job.state)
         server.stop(grace_s).wait()
         ui, self.ui = self.ui, None
@@ -241,7 +241,7 @@ class JobServer:
             if isinstance(source, JobServerStatus):
                 source.close()
         self.artifacts.close()
-        _LOGGER.info("Beam job server on port %s stopped", self.port)
+        _LOG.info("Beam job server on port %s stopped", self.port)
 
     def __enter__(self) -> "JobServer":
         self.start()

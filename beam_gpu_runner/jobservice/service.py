@@ -34,7 +34,7 @@ from beam_gpu_runner.jobservice.job_options import (
     JobOptionsError, ServerJobDefaults, describe_options, job_pipeline_options,
     options_dict)
 
-_LOGGER = logging.getLogger(__name__)
+_LOG = logging.getLogger(__name__)
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -158,7 +158,7 @@ def _why_not_drainable(job_id: str, state: int) -> str:
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    _LOGGER.warning("Rejected request: %s (%s)", message, code.name)
+    _LOG.warning("Rejected request: %s (%s)", message, code.name)
     context.abort(code, message)
     raise AssertionError("unreachable: context.abort returned")
 
@@ -221,7 +221,7 @@ class JobService(beam_job_api_pb2_grpc.JobServiceServicer):
         self._artifacts.register(job_id, pipeline)
         with self._lock:
             self._jobs[job_id] = job
-        _LOGGER.info("Prepared job %r as %s", job_name, job_id)
+        _LOG.info("Prepared job %r as %s", job_name, job_id)
         endpoint = self._artifact_endpoint()
         return beam_job_api_pb2.PrepareJobResponse(
             preparation_id=job_id,
@@ -260,7 +260,7 @@ class JobService(beam_job_api_pb2_grpc.JobServiceServicer):
             job.start(launch, on_end=lambda: self._artifacts.discard(job_id))
         except InvalidTransitionError as exc:  # cancelled between the checks
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "Run: %s" % exc)
-        _LOGGER.info("Running job %s", job_id)
+        _LOG.info("Running job %s", job_id)
         return beam_job_api_pb2.RunJobResponse(job_id=job_id)
 
     def GetJobs(self, request: beam_job_api_pb2.GetJobsRequest,
@@ -301,7 +301,7 @@ class JobService(beam_job_api_pb2_grpc.JobServiceServicer):
                    "Drain: %s" % _why_not_drainable(request.job_id, exc.from_state))
         except DrainUnsupportedError as exc:
             _abort(context, grpc.StatusCode.UNIMPLEMENTED, "Drain: %s" % exc)
-        _LOGGER.info("Draining job %s", request.job_id)
+        _LOG.info("Draining job %s", request.job_id)
         return beam_job_api_pb2.DrainJobResponse(state=state)  # type: ignore[arg-type]
 
     def GetStateStream(self, request: beam_job_api_pb2.GetJobStateRequest,

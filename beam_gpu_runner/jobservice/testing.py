@@ -35,14 +35,14 @@ from apache_beam.runners.job import utils as job_utils
 from apache_beam.runners.runner import PipelineResult, PipelineState
 from google.protobuf import struct_pb2
 
-_LOGGER = logging.getLogger(__name__)
+_LOG = logging.getLogger(__name__)
 
 _TERMINAL = (PipelineState.DONE, PipelineState.FAILED, PipelineState.CANCELLED,
              PipelineState.DRAINED, PipelineState.UPDATED)
 
 
-class JobFailedError(RuntimeError):
-    """A test job ended FAILED; the message carries the job's error text."""
+class ExecutorJobFailedError(RuntimeError):
+    """A job of the test executor ended FAILED; the message carries its error text."""
 
     def __init__(self, job_name: str, detail: str) -> None:
         super().__init__(job_name, detail)
@@ -113,7 +113,7 @@ class _ConditionResult:
             if not done:
                 return None
             if self._state == PipelineState.FAILED:
-                raise JobFailedError(self.job_name, self._error or "unknown error")
+                raise ExecutorJobFailedError(self.job_name, self._error or "unknown error")
             return self._state
 
 
@@ -154,7 +154,7 @@ class ThreadResult(_ConditionResult):
         with self._cond:
             inner = self._inner
         if inner is None:
-            raise JobFailedError(self.job_name, "no metrics: the job has not finished")
+            raise ExecutorJobFailedError(self.job_name, "no metrics: the job has not finished")
         return inner.metrics()
 
     def monitoring_infos(self) -> Iterable[metrics_pb2.MonitoringInfo]:
@@ -231,7 +231,7 @@ class SubprocessResult(_ConditionResult):
             if self._state in _TERMINAL:
                 return self._state
             self._cancelled = True
-        _LOGGER.info("Cancelling job %s: ending process group %d", self.job_name, self.pid)
+        _LOG.info("Cancelling job %s: ending process group %d", self.job_name, self.pid)
         self._kill_group(signal.SIGTERM)
         try:
             self._proc.wait(timeout=5)

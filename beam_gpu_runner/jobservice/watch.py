@@ -23,7 +23,7 @@ from beam_gpu_runner.jobservice.service import JobService
 from beam_gpu_runner.status import DeviceStatus, JobStatus
 from beam_gpu_runner.ui.devices import LocalDevices
 
-_LOGGER = logging.getLogger(__name__)
+_LOG = logging.getLogger(__name__)
 
 
 def _text(value: Any) -> str:
@@ -108,7 +108,7 @@ class JobServerStatus:
         try:
             reported = status()
         except Exception as exc:   # the job is ending; show what the server knows
-            _LOGGER.debug("status() of job %s raised: %s", job.job_id, exc, exc_info=True)
+            _LOG.debug("status() of job %s raised: %s", job.job_id, exc, exc_info=True)
             return None
         return reported if isinstance(reported, JobStatus) else None
 

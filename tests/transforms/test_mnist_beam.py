@@ -19,7 +19,7 @@ import beam_gpu_runner
 from beam_gpu_runner.resources.runtime_context import RESOURCES_ENV, RuntimeContext
 from beam_gpu_runner.transforms.batch import BatchPredictions, ImageBatch
 from beam_gpu_runner.transforms.classifier import METRICS_NAMESPACE
-from beam_gpu_runner.transforms.classify import ClassifyMnist
+from beam_gpu_runner.transforms.classify_mnist import ClassifyMnist
 from beam_gpu_runner.transforms.idx import MnistData
 from beam_gpu_runner.transforms.model_handler import JaxMnistModelHandler
 from beam_gpu_runner.transforms.read import ReadMnistBatches, ReadMnistImages

@@ -246,7 +246,7 @@ class DeviceAllocator:
             if time.monotonic() >= deadline or should_stop():
                 raise ResourceShortageError(self._shortage(
                     stage_name, requirements, hint_text, worker_id, spec, gpus, matching,
-                    outcome) + (" (waited %.0f s, --device_wait_timeout)"
+                    outcome) + (" (waited %g s, --device_wait_timeout)"
                                 % self.wait_timeout if self.wait_timeout else ""))
             if not announced:
                 announced = True

@@ -64,7 +64,7 @@ def test_worker_logging_reaches_stderr_only_as_errors_before_beams_handler(monke
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", list(root.handlers))   # restored after
     out, err = io.TextIOWrapper(io.BytesIO()), io.StringIO()
-    harness._setup_output(out, err)
+    entry_point._setup_output(out, err)
     assert out.line_buffering
     log = logging.getLogger("beam_gpu_runner.test_harness")
     log.warning("an import-time warning")   # the root has a handler: no basicConfig

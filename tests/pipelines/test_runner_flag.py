@@ -1,6 +1,8 @@
 """What both MNIST pipelines share: runner options and the fake GPU fallback."""
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -34,6 +36,7 @@ def host_gpus(monkeypatch: pytest.MonkeyPatch) -> list[ResourceInfo]:
 
 def test_a_host_without_gpus_gets_one_fake_device(host_gpus: list[ResourceInfo],
                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)   # said at INFO: the demos' console stays quiet
     assert with_fake_gpu_if_none(_Run(), ["--num_workers=2"]) == [
         "--num_workers=2", *FAKE_GPU_ARGS]
     assert "no GPU found on this host" in caplog.text and "--nofake_gpu_when_none" in caplog.text

@@ -63,6 +63,21 @@ def options(runner: str, num_workers: int = 0, extra: Sequence[str] = ()) -> Pip
     return PipelineOptions(args)
 
 
+def fake_gpu_options(runner: str, devices: int, num_workers: int = 0,
+                     extra: Sequence[str] = ()) -> PipelineOptions:
+    """Options for ``runner``; on GpuRunner with ``devices`` testing GPUs named
+    like an H100 (matching ``accelerator="type:nvidia-h100;..."`` hints) in a
+    private lease folder, and ``--num_workers`` when given."""
+    args = ["--runner=%s" % RUNNERS.get(runner, runner)]
+    if runner == "gpu":
+        from beam_gpu_runner.testing import gpu_test_args
+        if devices:
+            args = gpu_test_args(num_devices=devices)
+        if num_workers:
+            args.append("--num_workers=%d" % num_workers)
+    return PipelineOptions(args + list(extra))
+
+
 def median_run(runs: Sequence[Any], field: str) -> Any:
     """The run whose ``field`` is the median (the lower middle one for an even count)."""
     ordered = sorted(runs, key=lambda r: getattr(r, field))

@@ -45,11 +45,17 @@ _FAKE_GPU: list[str] | None = None
 
 
 def fake_gpu_args() -> list[str]:
-    """One testing GPU when the host has none (as the MNIST demo does)."""
+    """One testing GPU when the host has none (as the MNIST demo does), leased
+    in a private folder: the host-wide lease file is shared with every other
+    job on the host, including other checkouts of this runner, whose lease
+    format may differ (a full run failed on it once)."""
     global _FAKE_GPU
     if _FAKE_GPU is None:
         from beam_gpu_runner.pipelines.mnist_streaming import StreamingConfig, with_fake_gpu_if_none
+        from beam_gpu_runner.testing import private_lease_dir
         _FAKE_GPU = with_fake_gpu_if_none(StreamingConfig(), [])
+        if _FAKE_GPU:
+            _FAKE_GPU.append("--lease_dir=%s" % private_lease_dir())
     return list(_FAKE_GPU)
 
 

@@ -204,7 +204,8 @@ class SpillFolder:
                 except OSError as exc:
                     raise SpillError("making a spill folder", self.parent, nbytes,
                                      str(exc)) from exc
-                self._finalizer = weakref.finalize(self, shutil.rmtree, self._path, True)
+                self._finalizer = weakref.finalize(self, _remove_folder, self._path,
+                                                   os.getpid())
                 _LOG.info("spill: grouped data beyond the memory budget goes to %s",
                           self._path)
             return self._path
@@ -231,6 +232,11 @@ class SpillFolder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _remove_folder(path: str, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:   # not in a forked child that exits normally
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_stale_spill_folders(parent: Optional[str] = None) -> list[str]:
@@ -340,9 +346,12 @@ class _State:
         self.paths: list[str] = []
         self.writer: Optional[BinaryIO] = None
         self.writer_path: Optional[str] = None
+        self.pid = os.getpid()
 
 
 def _release(state: _State) -> None:
+    if os.getpid() != state.pid:
+        return   # a forked child exiting normally: the files are its parent's
     if state.writer is not None:
         try:
             state.writer.close()

@@ -485,3 +485,18 @@ def test_budget_refuses_what_does_not_fit_and_bad_amounts():
         budget.release(61)
     with pytest.raises(ValueError, match="--shuffle_memory_budget"):
         MemoryBudget(0)
+
+
+def test_a_forked_child_leaves_the_parents_files_alone(folder):
+    table = _filled(MemoryBudget(8 << 10), folder, _pairs(70, 1000, 10))
+    before = _files(folder)
+    assert before
+    pid = os.fork()
+    if pid == 0:   # the child exits normally: finalizers and atexit run
+        del table
+        gc.collect()
+        os._exit(0 if _files(folder) == before else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _files(folder) == before
+    assert _read(table.groups()) == _reference(_pairs(70, 1000, 10))

@@ -129,6 +129,8 @@ def run_all(sizes: Sizes, progress: common.Progress, batch_size: int = 100,
         "mode": sizes.mode, "sizes": asdict(sizes), "machine": asdict(machine),
         "baseline": common.BASELINE_NOTE, "batch_size": batch_size,
         "code": common.code_version(), "sections": list(sections),
+        # 1-minute load average: the host is shared; figures under load are noisier
+        "load_average": {"start": os.getloadavg()[0]},
     }
     step = Steps(sections)
     if "mnist" in sections:
@@ -149,7 +151,9 @@ def run_all(sizes: Sizes, progress: common.Progress, batch_size: int = 100,
         _run_gbk_memory(out, sizes, progress, step("gbk_memory"))
     if "spill_table" in sections:
         _run_spill_table(out, sizes, progress, step("spill_table"))
-    progress("done")
+    out["load_average"]["end"] = os.getloadavg()[0]
+    progress("done (1-minute load average %.1f at the start, %.1f at the end, %d cores)",
+             out["load_average"]["start"], out["load_average"]["end"], machine.cores)
     out["targets"] = evaluate(out)
     return out
 
@@ -530,6 +534,9 @@ def table(out: dict[str, Any]) -> str:
     lines.append("")
     lines.append("machine: %d cores; mode %s; %s" % (out["machine"]["cores"], out["mode"],
                                                       out["date"]))
+    if "load_average" in out:
+        lines.append("1-minute load average: %.1f at the start, %.1f at the end"
+                     % (out["load_average"]["start"], out["load_average"].get("end", 0.0)))
     lines.append("* " + out["baseline"])
     lines.append("targets:")
     for k, t in out["targets"].items():
@@ -689,9 +696,11 @@ def _plot_issue15(out: dict[str, Any], axes: Any, bars: Any, missing: Any) -> No
         missing(axes[1], "GroupByKey memory")
     if "spill_table" in out:
         cases = out["spill_table"]["cases"]
-        bars(axes[2], {"%s %s" % (c["table"], c["shape"].split("-")[0]): c["add_mb_per_s"]
-                       for c in cases},
-             "spill.py add throughput", "MB/s", log=True)
+        short = {"dict": "dict", "table-in-memory": "in memory", "table-spilling": "spilling"}
+        bars(axes[2], {"%s %s" % (short.get(c["table"], c["table"]), c["shape"].split("-")[0]):
+                       c["add_mb_per_s"] for c in cases},
+             "spill.py add throughput (values: small 100 B, large 64 KiB)", "MB/s",
+             log=True)
     else:
         missing(axes[2], "spill table")
 

@@ -471,6 +471,13 @@ def _rows_issue14(out: dict[str, Any]) -> list[Row]:
         rows.append(("  2 workers (elem/s over the span)",
                      "%.1f" % runs["gpu_w2"]["elements_per_s"], "",
                      "%.2fx (wall %.2fx)" % (cb["ratio_2_vs_1"], cb["wall_ratio_2_vs_1"])))
+        rows.append(("  mean call (ms): 1 worker / 2 workers / FnApiRunner",
+                     "%.1f / %.1f" % tuple(1000 * runs[k]["spread"]["busy_s"]
+                                           / max(1, runs[k]["spread"]["elements"])
+                                           for k in ("gpu_w1", "gpu_w2")),
+                     "%.1f" % (1000 * runs["direct"]["spread"]["busy_s"]
+                               / max(1, runs["direct"]["spread"]["elements"])),
+                     "CPU contention shows here"))
     if "streaming" in out:
         s = out["streaming"]
         rows.append(("Streaming, PeriodicImpulse -> 2 fake GPUs: devices used",

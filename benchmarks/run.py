@@ -706,7 +706,7 @@ def _plot_issue15(out: dict[str, Any], axes: Any, bars: Any, missing: Any) -> No
         short = {"dict": "dict", "table-in-memory": "in memory", "table-spilling": "spilling"}
         bars(axes[2], {"%s %s" % (short.get(c["table"], c["table"]), c["shape"].split("-")[0]):
                        c["add_mb_per_s"] for c in cases},
-             "spill.py add throughput (values: small 100 B, large 64 KiB)", "MB/s",
+             "spill.py add (small: 100 B, large: 64 KiB values)", "MB/s",
              log=True)
     else:
         missing(axes[2], "spill table")

@@ -500,3 +500,38 @@ def test_a_forked_child_leaves_the_parents_files_alone(folder):
     assert os.waitstatus_to_exitcode(status) == 0
     assert _files(folder) == before
     assert _read(table.groups()) == _reference(_pairs(70, 1000, 10))
+
+
+def test_a_few_hundred_mb_through_a_64_mb_budget_is_exact_and_near_the_budget(folder):
+    # issue 15's shape at the table's level: 320 MiB of 64 KiB values over 10 keys
+    limit, value_size, count, num_keys = 64 << 20, 64 << 10, 5120, 10
+    budget = MemoryBudget(limit)
+    tables = [SpillingGroupTable(budget, folder) for _ in range(2)]   # two producers
+    sizes: dict[bytes, int] = {}
+    firsts: dict[bytes, bytes] = {}
+    tracemalloc.start()
+    try:
+        for i in range(count):
+            key = b"key-%d" % (i % num_keys)
+            value = (b"%08d" % i) * (value_size // 8)
+            tables[i % 2].add(key, value)
+            sizes[key] = sizes.get(key, 0) + value_size
+            firsts.setdefault(key, value)
+        merged = tables[0]
+        merged.merge(tables[1])
+        got: dict[bytes, int] = {}
+        for key, values in merged.groups():
+            got[key] = sum(map(len, values))
+            # producer 0's values of a key come before producer 1's
+            assert values[0] == firsts[key]
+            del values
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == sizes
+    assert merged.stats().spilled_bytes > 3 * limit
+    assert budget.peak <= limit
+    # measured 1.57x: what stays in memory (within the budget) plus the spilled
+    # values of the key being read (a key's values are held together, ~32 MiB)
+    assert peak < 2 * limit, peak
+    merged.close()

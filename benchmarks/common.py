@@ -45,11 +45,17 @@ _FAKE_GPU: list[str] | None = None
 
 
 def fake_gpu_args() -> list[str]:
-    """One testing GPU when the host has none (as the MNIST demo does)."""
+    """One testing GPU when the host has none (as the MNIST demo does), leased
+    in a private folder: the host-wide lease file is shared with every other
+    job on the host, including other checkouts of this runner, whose lease
+    format may differ (a full run failed on it once)."""
     global _FAKE_GPU
     if _FAKE_GPU is None:
         from beam_gpu_runner.pipelines.mnist_streaming import StreamingConfig, with_fake_gpu_if_none
+        from beam_gpu_runner.testing import private_lease_dir
         _FAKE_GPU = with_fake_gpu_if_none(StreamingConfig(), [])
+        if _FAKE_GPU:
+            _FAKE_GPU.append("--lease_dir=%s" % private_lease_dir())
     return list(_FAKE_GPU)
 
 
@@ -61,6 +67,21 @@ def options(runner: str, num_workers: int = 0, extra: Sequence[str] = ()) -> Pip
         args += fake_gpu_args()
     args += list(extra)
     return PipelineOptions(args)
+
+
+def fake_gpu_options(runner: str, devices: int, num_workers: int = 0,
+                     extra: Sequence[str] = ()) -> PipelineOptions:
+    """Options for ``runner``; on GpuRunner with ``devices`` testing GPUs named
+    like an H100 (matching ``accelerator="type:nvidia-h100;..."`` hints) in a
+    private lease folder, and ``--num_workers`` when given."""
+    args = ["--runner=%s" % RUNNERS.get(runner, runner)]
+    if runner == "gpu":
+        from beam_gpu_runner.testing import gpu_test_args
+        if devices:
+            args = gpu_test_args(num_devices=devices)
+        if num_workers:
+            args.append("--num_workers=%d" % num_workers)
+    return PipelineOptions(args + list(extra))
 
 
 def median_run(runs: Sequence[Any], field: str) -> Any:

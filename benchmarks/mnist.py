@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -72,8 +72,10 @@ class StreamRun:
 
 
 def run_stream(runner: str, num_images: int, rate: float = 0.0, batch_size: int = 100,
-               num_workers: int = 0, warmup_fraction: float = 0.1) -> StreamRun:
-    """One run of the streaming pipeline; latency over images after the warm-up."""
+               num_workers: int = 0, warmup_fraction: float = 0.1,
+               extra: Sequence[str] = ()) -> StreamRun:
+    """One run of the streaming pipeline; latency over images after the warm-up.
+    ``extra``: further pipeline options (e.g. ``--accelerator_chaining=off``)."""
     from beam_gpu_runner.pipelines.mnist_streaming import StreamingConfig, build
     folder = tempfile.mkdtemp(prefix="bench-mnist-")
     try:
@@ -81,7 +83,7 @@ def run_stream(runner: str, num_images: int, rate: float = 0.0, batch_size: int 
                                  output=folder, window_seconds=1.0)
         if runner != "gpu":
             config = StreamingConfig(**{**asdict(config), "accelerator": ""})
-        pipeline = beam.Pipeline(options=options(runner, num_workers))
+        pipeline = beam.Pipeline(options=options(runner, num_workers, extra))
         build(pipeline, config)
         started = time.time()
         pipeline.run().wait_until_finish()
@@ -132,10 +134,10 @@ class Throughput:
 
 
 def run_throughput(runner: str, images: int, small_images: int, batch_size: int = 100,
-                   num_workers: int = 0) -> Throughput:
-    small = run_stream(runner, small_images, 0.0, batch_size, num_workers) \
+                   num_workers: int = 0, extra: Sequence[str] = ()) -> Throughput:
+    small = run_stream(runner, small_images, 0.0, batch_size, num_workers, extra=extra) \
         if small_images else None
-    big = run_stream(runner, images, 0.0, batch_size, num_workers)
+    big = run_stream(runner, images, 0.0, batch_size, num_workers, extra=extra)
     steady = steady_rate("mnist %s" % runner, images, big.wall_s,
                          small_images if small else 0, small.wall_s if small else 0.0)
     return Throughput(runner=runner, num_workers=num_workers, images=images,

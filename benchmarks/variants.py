@@ -4,12 +4,13 @@ For A/B measurements of a runner option (e.g. ``--accelerator_chaining=off``
 against ``=on``) and for "MNIST with the UI page open": every variant runs
 ``mnist.run_throughput`` on GpuRunner (steady slope between a small and a big
 run), interleaved across variants, the median of ``repeats`` reported with
-every sample; with ``poll_url`` a ``UrlPoller`` GETs that URL once per second
-during each run and its counts are reported with the run::
+every sample; with ``ui`` each run serves its web UI (``--ui_port``) and a
+``benchmarks.ui_poller.UiPoller`` reads it as an open job page does (once a
+second) during the run; its counts are reported with the run::
 
     .venv/bin/python -m benchmarks.variants \\
         --variant off=--accelerator_chaining=off --variant on=--accelerator_chaining=on \\
-        --images 1000000 --small 100000 --repeats 3 [--poll_url http://127.0.0.1:8081/]
+        --images 1000000 --small 100000 --repeats 3 [--ui]
 
 A variant's value is its options separated by spaces
 (``--variant both="--a=1 --b=2"``); ``--variant base=`` is the runner's default.
@@ -21,105 +22,15 @@ import datetime
 import json
 import logging
 import os
-import statistics
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from benchmarks import common
+from benchmarks.ui_poller import UiPoller, free_port
 
 _LOG = logging.getLogger(__name__)
-
-
-@dataclass
-class PollStats:
-    url: str
-    requests: int = 0
-    ok: int = 0                 # 2xx answers
-    errors: int = 0             # refused, timed out, non-2xx
-    bytes_read: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    last_error: str = ""
-
-    def summary(self) -> dict[str, Any]:
-        lat = sorted(self.latencies_ms)
-        return {"url": self.url, "requests": self.requests, "ok": self.ok,
-                "errors": self.errors, "bytes_read": self.bytes_read,
-                "latency_p50_ms": statistics.median(lat) if lat else 0.0,
-                "latency_max_ms": lat[-1] if lat else 0.0, "last_error": self.last_error}
-
-
-class UrlPoller:
-    """GETs ``url`` every ``interval_s`` on a daemon thread (the first at once)
-    until stopped; a context manager. Failures are counted, never raised."""
-
-    def __init__(self, url: str, interval_s: float = 1.0, timeout_s: float = 5.0) -> None:
-        self._url = url
-        self._interval = interval_s
-        self._timeout = timeout_s
-        self._stats = PollStats(url)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def start(self) -> "UrlPoller":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="url-poller", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> PollStats:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self._timeout + 5)
-        return self.stats()
-
-    def stats(self) -> PollStats:
-        with self._lock:
-            s = self._stats
-            return PollStats(s.url, s.requests, s.ok, s.errors, s.bytes_read,
-                             list(s.latencies_ms), s.last_error)
-
-    def __enter__(self) -> "UrlPoller":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            began = time.monotonic()
-            self._get_once()
-            self._stop.wait(max(0.0, self._interval - (time.monotonic() - began)))
-
-    def _get_once(self) -> None:
-        t0 = time.perf_counter()
-        ok, nbytes, error = False, 0, ""
-        try:
-            with urllib.request.urlopen(self._url, timeout=self._timeout) as answer:
-                nbytes = len(answer.read())
-                ok = 200 <= answer.status < 300
-                if not ok:
-                    error = "HTTP %d" % answer.status
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            error = "%s: %s" % (type(exc).__name__, exc)
-        elapsed_ms = (time.perf_counter() - t0) * 1000.0
-        with self._lock:
-            s = self._stats
-            s.requests += 1
-            if ok:
-                s.ok += 1
-                s.bytes_read += nbytes
-                s.latencies_ms.append(elapsed_ms)
-            else:
-                s.errors += 1
-                s.last_error = error
-        if error:
-            _LOG.debug("poller: GET %s failed: %s", self._url, error)
 
 
 def parse_variants(specs: Sequence[str]) -> dict[str, list[str]]:
@@ -139,11 +50,11 @@ def parse_variants(specs: Sequence[str]) -> dict[str, list[str]]:
 
 def mnist_variants(variants: Mapping[str, Sequence[str]], images: int, small_images: int,
                    repeats: int = 3, batch_size: int = 100, num_workers: int = 2,
-                   poll_url: Optional[str] = None,
+                   ui: bool = False,
                    progress: Callable[..., None] = common.Progress(quiet=True),
                    ) -> dict[str, Any]:
     """MNIST steady throughput on GpuRunner for each variant's extra options,
-    interleaved, median of ``repeats``; with ``poll_url`` polled during each run."""
+    interleaved, median of ``repeats``; with ``ui``, its page open during each run."""
     from benchmarks import mnist
     common.ensure_importable_by_workers()
     runs: dict[str, list[Any]] = {}
@@ -152,14 +63,19 @@ def mnist_variants(variants: Mapping[str, Sequence[str]], images: int, small_ima
         for name, extra in variants.items():
             progress("mnist variant %s %s (run %d/%d): %d and %d images%s", name,
                      " ".join(extra) or "(defaults)", rep + 1, repeats, small_images, images,
-                     ", polling %s" % poll_url if poll_url else "")
-            poller = UrlPoller(poll_url).start() if poll_url else None
+                     ", web UI open" if ui else "")
+            options = list(extra)
+            poller = None
+            if ui:
+                port = free_port()
+                options.append("--ui_port=%d" % port)
+                poller = UiPoller("http://127.0.0.1:%d/" % port).start()
             try:
                 r = mnist.run_throughput("gpu", images, small_images, batch_size,
-                                         num_workers, extra=list(extra))
+                                         num_workers, extra=options)
             finally:
                 if poller is not None:
-                    polls.setdefault(name, []).append(poller.stop().summary())
+                    polls.setdefault(name, []).append(poller.stop().as_dict())
             progress("    %s: %.0f images/s steady, accuracy %.2f%%", name,
                      r.steady_images_per_s, 100 * r.accuracy)
             runs.setdefault(name, []).append(r)
@@ -182,8 +98,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--num_workers", type=int, default=2)
-    parser.add_argument("--poll_url", default=None,
-                        help="GET this URL once per second during every run")
+    parser.add_argument("--ui", action="store_true",
+                        help="serve the web UI in every run and keep its job page open")
     parser.add_argument("--results_dir", default=os.path.join(os.path.dirname(
         os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
@@ -193,9 +109,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
            "machine": asdict(common.Machine.here()), "code": common.code_version(),
            "images": args.images, "small_images": args.small, "repeats": args.repeats,
-           "poll_url": args.poll_url,
+           "ui": args.ui,
            "variants": mnist_variants(variants, args.images, args.small, args.repeats,
-                                      args.batch_size, args.num_workers, args.poll_url,
+                                      args.batch_size, args.num_workers, args.ui,
                                       progress)}
     os.makedirs(args.results_dir, exist_ok=True)
     path = os.path.join(args.results_dir, "%s-variants.json" % time.strftime(

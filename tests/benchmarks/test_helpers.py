@@ -1,14 +1,10 @@
 """Pure helpers of the issue 14/15 benchmarks: what the records say, the
-variants' option parsing, the URL poller, the section plan. No timing."""
+variants' option parsing, the section plan. No timing."""
 from __future__ import annotations
 
-import http.server
-import socket
 import sys
-import threading
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -68,60 +64,6 @@ def test_variants_are_parsed_by_name():
         variants.parse_variants(["--accelerator_chaining=off"])
     with pytest.raises(ValueError, match="given twice"):
         variants.parse_variants(["a=", "a=--x"])
-
-
-class _Page(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:   # noqa: N802 (http.server's name)
-        body = b"<html>status</html>"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def page_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Page)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield "http://127.0.0.1:%d/" % server.server_address[1]
-    server.shutdown()
-    server.server_close()
-
-
-def _wait_for(predicate: Any, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s   # a bound against hangs, not a timing
-    while not predicate():
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(0.05)
-
-
-def test_poller_gets_the_page_until_stopped(page_url):
-    with variants.UrlPoller(page_url, interval_s=0.05) as poller:
-        _wait_for(lambda: poller.stats().ok >= 2)
-    stats = poller.stats()
-    assert stats.errors == 0 and stats.ok == stats.requests >= 2
-    assert stats.bytes_read == stats.ok * len(b"<html>status</html>")
-    summary = stats.summary()
-    assert summary["url"] == page_url and summary["latency_p50_ms"] > 0
-    requests = stats.requests
-    time.sleep(0.2)
-    assert poller.stats().requests == requests   # stopped
-
-
-def test_poller_counts_failures_without_raising():
-    with socket.socket() as s:   # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with variants.UrlPoller("http://127.0.0.1:%d/" % port, interval_s=0.05,
-                            timeout_s=2.0) as poller:
-        _wait_for(lambda: poller.stats().errors >= 1)
-    stats = poller.stats()
-    assert stats.ok == 0 and stats.errors == stats.requests >= 1
-    assert stats.last_error
 
 
 def test_sections_are_checked_and_numbered_in_run_order():

@@ -63,6 +63,22 @@ def _seconds(text: str) -> float:
     return value
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _byte_count(text: str) -> int:
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = raw[-1:] if raw[-1:] in _UNITS else ""
+    try:
+        value = int(float(raw[:len(raw) - len(unit)]) * _UNITS[unit])
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            "expected a number of bytes >= 1, e.g. 536870912 or 512M, got %r" % text)
+    return value
+
+
 def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -138,6 +154,16 @@ class GpuRunnerOptions(PipelineOptions):
             help="Seconds a worker waits for GPUs that other jobs lease before its job "
                  "fails, as Flink waits for slots (default 300; 0: fail at once). "
                  "Requests this host can never meet fail at once.")
+        group.add_argument(
+            "--shuffle_memory_budget", type=_byte_count, default=512 << 20,
+            help="Bytes of grouped (GroupByKey) data the driver holds in memory for a "
+                 "job, all shuffles together (default 536870912, 512 MiB; suffixes K, M, "
+                 "G accepted); beyond it, grouped data spills to local disk "
+                 "(--spill_dir) and is read back in order.")
+        group.add_argument(
+            "--spill_dir", default=None,
+            help="Folder for grouped data beyond --shuffle_memory_budget (default: "
+                 "the temp folder); removed when the job ends.")
         group.add_argument(
             "--accelerator_chaining", default="on", choices=("on", "off"),
             help="on (default): unhinted transforms next to an accelerator stage run "

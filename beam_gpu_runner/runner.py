@@ -189,7 +189,9 @@ class GpuRunner(PipelineRunner):
             streaming=streaming,
             hints={s.name: pools.hint_texts.get(pools.pool_of_stage[s.name], "")
                    for s in stages},
-            options={k: str(v) for k, v in portable.items()})
+            options={k: str(v) for k, v in portable.items()},
+            shuffle_memory_budget=gpu_options.shuffle_memory_budget,
+            spill_dir=gpu_options.spill_dir)
         registry.on_close(release)   # the job closes the registry when it ends
         job = GpuJob(plan, registry, factory, gpu_options.max_bundle_attempts,
                      keep_logs=getattr(placement, "keep_logs", None))

@@ -62,7 +62,7 @@ class Sizes:
     gbk_values: int = 1000
     gbk_value_bytes: int = 1 << 20
     gbk_keys: int = 10
-    # execution/spill.py microbenchmark: bytes per case
+    # bridge/spill.py microbenchmark: bytes per case
     spill_bytes: int = 256 << 20
 
 

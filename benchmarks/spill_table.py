@@ -1,4 +1,4 @@
-"""Microbenchmark of ``execution/spill.py``: add and read throughput, in MB/s
+"""Microbenchmark of ``bridge/spill.py``: add and read throughput, in MB/s
 of key+value bytes, with and without spilling, against a plain dict grouping
 of the same data in the same run.
 
@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from beam_gpu_runner.execution.spill import MemoryBudget, SpillFolder, SpillingGroupTable
+from beam_gpu_runner.bridge.spill import MemoryBudget, SpillFolder, SpillingGroupTable
 
 
 @dataclass(frozen=True)

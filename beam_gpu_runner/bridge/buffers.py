@@ -155,6 +155,30 @@ def _runs_by_bytes(chunks: Sequence[bytes], parts: int) -> list[Sequence[bytes]]
     return [r for r in runs if r]
 
 
+@dataclass(frozen=True)
+class StreamedChunks:
+    """Encoded elements made as they are read (grouped data read back from
+    spill files), never held whole: re-iterable, one ~1 MB piece at a time.
+    Its size is unknown until read, and it is not split (a split would need
+    every element's boundaries in memory)."""
+
+    source: Iterable[bytes] = field(repr=False)
+    coder_impl: Any = field(default=None, compare=False, repr=False)
+    elements: Optional[int] = None
+
+    nbytes = -1   # unknown
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.source)
+
+    def estimated_elements(self) -> int:
+        return self.elements or 1
+
+
+#: What an attempt sends to a data input.
+Input = Union[Chunks, StreamedChunks]
+
+
 def concat(payloads: Iterable[Chunks]) -> Chunks:
     """One payload of several (same channel), without copying bytes."""
     payloads = list(payloads)
@@ -166,4 +190,4 @@ def concat(payloads: Iterable[Chunks]) -> Chunks:
     return Chunks(tuple(c for p in payloads for c in p.chunks), impl, known)
 
 
-__all__ = ["BufferId", "BufferKind", "Chunks", "concat"]
+__all__ = ["BufferId", "BufferKind", "Chunks", "Input", "StreamedChunks", "concat"]

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Union
 
 from apache_beam.metrics import monitoring_infos as mi
 from apache_beam.portability.api import beam_fn_api_pb2
 
 from beam_gpu_runner.bridge.beam import DATA_INPUT_URN, cache_token_generator
-from beam_gpu_runner.bridge.buffers import BufferId, BufferKind, Chunks, concat
+from beam_gpu_runner.bridge.buffers import (
+    BufferId, BufferKind, Chunks, Input, StreamedChunks, concat)
 from beam_gpu_runner.bridge.context import JobContext, StageContext
 from beam_gpu_runner.bridge.fnapi import Attempt, AttemptPlan, AttemptResult, ChunkSink, Sink
 from beam_gpu_runner.bridge.grouped import Groups, by_window
@@ -73,12 +74,14 @@ class BundleBridge:
                            cache_token=next(self._tokens))
 
     def _input_chunks(self, stage: StageContext, transform: str,
-                      payloads: Iterable[Payload]) -> Chunks:
+                      payloads: Iterable[Payload]) -> Input:
         groups = [p for p in payloads if isinstance(p, Groups)]
         chunks = [p for p in payloads if isinstance(p, Chunks)]
         coder = stage.get_input_coder_impl(transform)
         if groups:
             merged = Groups.merged(groups)
+            if merged.spilled and not chunks:   # read back from disk as it is sent
+                return StreamedChunks(merged.encoded(), coder, merged.keys)
             chunks.append(Chunks.of(merged.encoded(), coder, merged.keys))
         if not chunks:
             return Chunks((), coder, 0)
@@ -203,10 +206,12 @@ class BundleBridge:
               ) -> Union[BundleSplit, SplitRefused]:
         """Split a running attempt; see the module docstring. Exact: the
         primary is what the worker still processes, the residual all it gave up."""
+        [(transform, sent)] = attempt.plan.inputs.items()
+        if not isinstance(sent, Chunks):   # streamed from disk: not held, not split
+            return SplitRefused(bundle.id)
         response = attempt.split(fraction_of_remainder)
         if response is None:
             return SplitRefused(bundle.id)
-        [(transform, sent)] = attempt.plan.inputs.items()
         ledger = _ledger(attempt, sent)
         primary_end, residual_start = ledger.stop - 1, ledger.stop
         for channel in response.channel_splits:

@@ -16,7 +16,7 @@ from apache_beam.portability.api import beam_fn_api_pb2, beam_runner_api_pb2
 
 from beam_gpu_runner.bridge.beam import DATA_INPUT_URN, beam_execution
 from beam_gpu_runner.bridge.buffers import BufferId, Chunks
-from beam_gpu_runner.bridge.grouped import Groups, released_by_window
+from beam_gpu_runner.bridge.grouped import GroupingMemory, Groups, released_by_window
 
 _LOG = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ class JobContext:
     def __init__(self, stages: Sequence[Any], components: beam_runner_api_pb2.Components,
                  safe_coders: Mapping[str, str], data_channel_coders: Mapping[str, str],
                  services: Any, register: DescriptorSink,
-                 drain_variant: Optional[DrainVariant] = None) -> None:
+                 drain_variant: Optional[DrainVariant] = None,
+                 memory: Optional[GroupingMemory] = None) -> None:
         """``services``: what Beam calls the worker handler manager (the job's
         Fn API endpoints and state servicer, ``workers.registry``);
         ``register`` makes a process bundle descriptor known to workers."""
@@ -41,6 +42,8 @@ class JobContext:
             dict(data_channel_coders), 1)
         self._register = register
         self._drain_variant = drain_variant
+        #: the budget grouped data draws from, and where it spills (None: no bound)
+        self.memory = memory
         self._stages = {s.name: s for s in stages}
         self._contexts: dict[str, StageContext] = {}
         #: stage -> its draining variant's context (None: it has none)
@@ -135,7 +138,7 @@ class JobContext:
         windowing Beam's execution context would use."""
         input_pcoll, output_pcoll = self.gbk_pcollections(buffer)
         return Groups(self.channel_coder(input_pcoll), self.channel_coder(output_pcoll),
-                      self.windowing(input_pcoll))
+                      self.windowing(input_pcoll), self.memory)
 
     def released_by_window(self, buffer: BufferId) -> bool:
         input_pcoll, _ = self.gbk_pcollections(buffer)
@@ -195,6 +198,8 @@ class JobContext:
         self._contexts.clear()
         self._draining.clear()
         self._initial.clear()
+        if self.memory is not None:
+            self.memory.close()
 
 
 __all__ = ["JobContext", "StageContext"]

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
 
 from apache_beam.portability.api import beam_fn_api_pb2
 
-from beam_gpu_runner.bridge.buffers import Chunks
+from beam_gpu_runner.bridge.buffers import Input
 
 _LOG = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class AttemptPlan:
 
     descriptor_id: str
     #: data input transform -> the elements to send (every data input, maybe empty)
-    inputs: Mapping[str, Chunks]
+    inputs: Mapping[str, Input]
     #: every timer family of the stage -> the encoded timers that fire (maybe none)
     timers: Mapping[TimerKey, list[bytes]]
     #: data output transform -> a new sink for what the attempt writes there
@@ -185,7 +185,7 @@ class Attempt:
         return split
 
 
-def _send_input(worker: Any, instruction_id: str, transform: str, chunks: Chunks) -> None:
+def _send_input(worker: Any, instruction_id: str, transform: str, chunks: Input) -> None:
     """Input in ~1 MB messages. Input over one message is written from its own
     thread: Beam sends input before the request, and in pieces that deadlocks
     (the worker queues 5 pieces per instruction it has not started, its reader
@@ -193,7 +193,7 @@ def _send_input(worker: Any, instruction_id: str, transform: str, chunks: Chunks
     bundles on one worker), so the request goes out first, as Beam's Java
     runners do, and the input follows."""
     stream = worker.data_conn.output_stream(instruction_id, transform)
-    if chunks.nbytes <= INPUT_MESSAGE_BYTES:
+    if 0 <= chunks.nbytes <= INPUT_MESSAGE_BYTES:
         _write(stream, iter(chunks))
         return
     threading.Thread(target=_write, args=(stream, iter(chunks)), daemon=True,

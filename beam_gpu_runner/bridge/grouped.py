@@ -1,4 +1,4 @@
-"""A batch GroupByKey's input, grouped by key on the driver.
+"""A batch GroupByKey's input, grouped by key on the driver, within a budget.
 
 ``Groups`` is Beam's ``GroupingBuffer`` (same coders, windowing and encoded
 output, so the consumer's SDK reads exactly what FnApiRunner would send) that
@@ -13,57 +13,204 @@ also serves as an engine payload:
   stage depends on each group alone;
 * inputs of non-merging, non-global windows are grouped per window end
   (``by_window``), so each window is released as the watermark passes it.
+
+Memory: every ``Groups`` of a job draws from the job's ``GroupingMemory``
+(``--shuffle_memory_budget``). A ``Groups`` that cannot reserve what a new
+message costs writes its groups, encoded, to a ``bridge.spill`` table on local
+disk (``--spill_dir``) and frees them; groups that spilled are read back one
+partition at a time when the consumer's input is sent, never all at once, so
+the driver holds about the budget whatever the shuffle's size.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence
+import logging
+import weakref
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
-from apache_beam.coders.coder_impl import create_InputStream
+from apache_beam.coders import coders
+from apache_beam.coders.coder_impl import create_InputStream, create_OutputStream
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.transforms import trigger
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows
+from apache_beam.utils import windowed_value
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_gpu_runner.bridge.beam import beam_execution
+from beam_gpu_runner.bridge.spill import (
+    KEY_OVERHEAD, VALUE_OVERHEAD, MemoryBudget, SpillFolder, SpillingGroupTable)
 from beam_gpu_runner.engine.sizing import even_chunks
+
+_LOG = logging.getLogger(__name__)
+
+#: Grouped output is sent in pieces of about this size (read from spill files).
+_PIECE_BYTES = 1 << 20
+
+
+class GroupingMemory:
+    """A job's budget for grouped data on the driver, and where it spills."""
+
+    def __init__(self, limit_bytes: int, spill_dir: Optional[str] = None) -> None:
+        self.budget = MemoryBudget(limit_bytes)
+        self.folder = SpillFolder(spill_dir)
+
+    def close(self) -> None:
+        """Remove the job's spill files (at the job's end)."""
+        self.folder.close()
+
+
+def _release(budget: MemoryBudget, reserved: list[int]) -> None:
+    if reserved[0]:
+        budget.release(reserved[0])
+        reserved[0] = 0
 
 
 class Groups(beam_execution.GroupingBuffer):
     """Grouped GroupByKey input; see the module docstring."""
 
     def __init__(self, pre_grouped_coder: Any, post_grouped_coder: Any,
-                 windowing: Any) -> None:
+                 windowing: Any, memory: Optional[GroupingMemory] = None) -> None:
         super().__init__(pre_grouped_coder, post_grouped_coder, windowing)
         #: Data messages grouped (0: nothing arrived)
         self.messages = 0
         #: the grouped elements once encoded for a consumer (kept for retries)
         self._encoded: Optional[list[bytes]] = None
         self._encoded_keys = 0
+        self._memory = memory
+        #: budget bytes this buffer holds (a list: its finalizer releases it)
+        self._reserved = [0]
+        if memory is not None:
+            weakref.finalize(self, _release, memory.budget, self._reserved)
+        #: groups written to disk, and which part of them this buffer is
+        self._spilled: Optional[SpillingGroupTable] = None
+        self._part = (0, 1)
+
+    # ---- filling ------------------------------------------------------------------
 
     def append(self, elements_data: bytes) -> None:
-        if elements_data:
-            super().append(elements_data)
-            self.messages += 1
+        """Group one Data message (Beam's GroupingBuffer.append, accounted)."""
+        if not elements_data:
+            return
+        stream = create_InputStream(elements_data)
+        coder_impl = self._pre_grouped_coder.get_impl()
+        key_impl = self._key_coder.get_impl()
+        trivial = self._windowing.is_default()
+        new_keys = values = 0
+        while stream.size() > 0:
+            windowed_key_value = coder_impl.decode_from_stream(stream, True)
+            key, value = windowed_key_value.value
+            encoded_key = key_impl.encode(key)
+            group = self._table.get(encoded_key)
+            if group is None:
+                group = self._table[encoded_key] = []
+                new_keys += 1
+            group.append(value if trivial else windowed_key_value.with_value(value))
+            values += 1
+        self.messages += 1
+        self._account(len(elements_data) + VALUE_OVERHEAD * values
+                      + KEY_OVERHEAD * new_keys)
+
+    def add(self, encoded_key: bytes, value: Any, cost: int) -> None:
+        """One value (already decoded) for ``encoded_key``; ``cost``: its bytes."""
+        self._table[encoded_key].append(value)
+        self._account(cost + VALUE_OVERHEAD)
+
+    def _account(self, cost: int) -> None:
+        memory = self._memory
+        if memory is None:
+            return
+        if memory.budget.try_reserve(cost):
+            self._reserved[0] += cost
+            return
+        self._spill()
+
+    def _spill(self) -> None:
+        """Write the groups held in memory to disk and free them."""
+        assert self._memory is not None
+        table = self._table_for_spill()
+        value_impl = self._value_impl()
+        for key, group in self._table.items():
+            table.add_values(key, [value_impl.encode(v) for v in group])
+        table.spill()
+        self._table.clear()
+        _release(self._memory.budget, self._reserved)
+        _LOG.debug("Grouped data beyond --shuffle_memory_budget (%d bytes) went to %s",
+                   self._memory.budget.limit, self._memory.folder.created)
+
+    def _table_for_spill(self) -> SpillingGroupTable:
+        assert self._memory is not None
+        if self._spilled is None:
+            self._spilled = SpillingGroupTable(self._memory.budget, self._memory.folder)
+        return self._spilled
+
+    def _value_impl(self) -> Any:
+        """Encodes a group's values as they are held (windowed unless trivial)."""
+        pre: Any = self._pre_grouped_coder   # a WindowedValueCoder of KVs
+        value_coder = pre.wrapped_value_coder.value_coder()
+        if self._windowing.is_default():
+            return value_coder.get_impl()
+        return coders.WindowedValueCoder(value_coder, pre.window_coder).get_impl()
+
+    # ---- what the engine sees -------------------------------------------------------
 
     @property
     def keys(self) -> int:
-        return self._encoded_keys if self._encoded is not None else len(self._table)
+        """Groups held (an upper bound, the values, once some spilled)."""
+        if self._encoded is not None:
+            return self._encoded_keys
+        spilled = self._spilled.stats().values if self._spilled is not None else 0
+        return len(self._table) + spilled
+
+    def has_data(self) -> bool:
+        return self.keys > 0
+
+    @property
+    def spilled(self) -> bool:
+        return self._spilled is not None
 
     def empty_like(self) -> "Groups":
-        return Groups(self._pre_grouped_coder, self._post_grouped_coder, self._windowing)
+        return Groups(self._pre_grouped_coder, self._post_grouped_coder, self._windowing,
+                      self._memory)
 
     @classmethod
     def merged(cls, parts: Sequence["Groups"]) -> "Groups":
-        """One buffer with every part's groups (values of a key in part order)."""
+        """One buffer with every part's groups (values of a key in part order);
+        the parts' memory and spill files move to it."""
         if len(parts) == 1:
             return parts[0]
         out = parts[0].empty_like()
-        for part in parts:
-            out.extend(part)
-            out.messages += part.messages
+        if any(p.spilled for p in parts):
+            table = out._table_for_spill()
+            for part in parts:
+                if part._spilled is not None:
+                    table.merge(part._spilled)
+                value_impl = part._value_impl()
+                for key, group in part._table.items():
+                    table.add_values(key, [value_impl.encode(v) for v in group])
+                part._table.clear()
+                if part._memory is not None:
+                    _release(part._memory.budget, part._reserved)
+        else:
+            for part in parts:
+                out.extend(part)
+                out._reserved[0] += part._reserved[0]
+                part._reserved[0] = 0
+        out.messages = sum(p.messages for p in parts)
         return out
 
     def divide(self, parts: int) -> list["Groups"]:
-        """Up to ``parts`` buffers with disjoint keys, in key order of arrival."""
+        """Up to ``parts`` buffers with disjoint keys: in key order of arrival,
+        or, once spilled, parts of the spill table read apart."""
+        if self._spilled is not None:
+            if parts <= 1 or self._part != (0, 1):
+                return [self]
+            self._spill()   # all of it on disk: each part reads its own keys
+            views = []
+            for index in range(parts):
+                view = self.empty_like()
+                view._spilled, view._part, view.messages = self._spilled, (index, parts), 1
+                views.append(view)
+            return views
         keys = list(self._table)
         if parts <= 1 or len(keys) <= 1 or self._encoded is not None:
             return [self]
@@ -76,16 +223,63 @@ class Groups(beam_execution.GroupingBuffer):
             out.append(piece)
         return out
 
-    def encoded(self) -> list[bytes]:
-        """The grouped elements, encoded for the consumer's data input (once:
-        Beam's encoding empties the table; a retry sends the same bytes)."""
+    def encoded(self) -> Iterable[bytes]:
+        """The grouped elements, encoded for the consumer's data input: once
+        (Beam's encoding empties the table; a retry sends the same bytes), or,
+        when groups spilled, read back from disk piece by piece each time."""
+        if self._spilled is not None:
+            return _SpilledEncoding(self)
         if self._encoded is None:
             self._encoded_keys = len(self._table)
             self._encoded = [chunk for part in self.partition(1) for chunk in part]
+            if self._memory is not None:
+                _release(self._memory.budget, self._reserved)
         return self._encoded
 
-    def has_data(self) -> bool:
-        return self.keys > 0
+
+class _SpilledEncoding:
+    """Groups that spilled, encoded as the consumer reads them: a re-iterable
+    of ~1 MB pieces, reading one spill partition at a time."""
+
+    def __init__(self, groups: Groups) -> None:
+        self._groups = groups
+
+    def __iter__(self) -> Iterator[bytes]:
+        groups = self._groups
+        table = groups._spilled
+        assert table is not None
+        if groups._table:   # what arrived after the last spill
+            value_impl = groups._value_impl()
+            for key, group in groups._table.items():
+                table.add_values(key, [value_impl.encode(v) for v in group])
+            groups._table.clear()
+        index, parts = groups._part
+        key_impl = groups._key_coder.get_impl()
+        value_impl = groups._value_impl()
+        out_impl = groups._post_grouped_coder.get_impl()
+        windowed = _windowing_of(groups._windowing)
+        out = create_OutputStream()
+        for key, values in table.groups_in_parts(parts)[index]:
+            decoded_key = key_impl.decode(key)
+            for element in windowed(decoded_key, [value_impl.decode(v) for v in values]):
+                out_impl.encode_to_stream(element, out, True)
+            if out.size() >= _PIECE_BYTES:
+                yield out.get()
+                out = create_OutputStream()
+        if out.size():
+            yield out.get()
+
+
+def _windowing_of(windowing: Any) -> Any:
+    """(key, values) -> the grouped elements, as Beam's GroupingBuffer makes them."""
+    if windowing.is_default():
+        on_time = GlobalWindows.windowed_value(
+            None, timestamp=GlobalWindow().max_timestamp(),
+            pane_info=windowed_value.PaneInfo(
+                is_first=True, is_last=True, timing=windowed_value.PaneInfoTiming.ON_TIME,
+                index=0, nonspeculative_index=0)).with_value
+        return lambda key, values: [on_time((key, values))]
+    return trigger.create_trigger_driver(windowing, True).process_entire_key
 
 
 def released_by_window(strategy: beam_runner_api_pb2.WindowingStrategy) -> bool:
@@ -104,7 +298,9 @@ def by_window(chunks: Iterable[bytes], pre_coder_impl: Any, template: Groups
     for chunk in chunks:
         stream = create_InputStream(chunk)
         while stream.size() > 0:
+            start = stream.size()
             wkv = pre_coder_impl.decode_from_stream(stream, True)
+            cost = start - stream.size()
             key, value = wkv.value
             encoded_key = key_impl.encode(key)
             for window in wkv.windows:
@@ -113,9 +309,12 @@ def by_window(chunks: Iterable[bytes], pre_coder_impl: Any, template: Groups
                 if groups is None:
                     groups = out[end] = template.empty_like()
                     groups.messages = 1
-                groups._table[encoded_key].append(
-                    WindowedValue(value, wkv.timestamp, (window,), wkv.pane_info))
+                groups.add(encoded_key,
+                           WindowedValue(value, wkv.timestamp, (window,), wkv.pane_info),
+                           cost)
     return out
 
 
-__all__ = ["Groups", "by_window", "released_by_window"]
+Encoded = Union[list[bytes], _SpilledEncoding]
+
+__all__ = ["GroupingMemory", "Groups", "by_window", "released_by_window"]

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Protocol
 
 from beam_gpu_runner.engine.element_manager import ElementManager
 from beam_gpu_runner.engine.events import (
-    Bundle, BundleFailed, BundleSplit, BundleSucceeded, Drain, Event, Instruction,
+    Bundle, BundleFailed, BundleSucceeded, Drain, Event, Instruction,
     JobFailed, JobFinished, RunBundle, SplitBundle, SplitRefused, Tick)
 from beam_gpu_runner.engine.timestamps import StageTime
 from beam_gpu_runner.execution.errors import JobCancelledError, JobFailedError

@@ -22,6 +22,7 @@ from beam_gpu_runner.bridge.beam import FnApiMetrics, Stage, TransformContext
 from beam_gpu_runner.bridge.bundles import BundleBridge, PayloadDivider
 from beam_gpu_runner.bridge.context import JobContext
 from beam_gpu_runner.bridge.fnapi import AttemptPlan, AttemptResult
+from beam_gpu_runner.bridge.grouped import GroupingMemory
 from beam_gpu_runner.bridge.metrics import consolidate
 from beam_gpu_runner.bridge.runner_stages import runner_stages
 from beam_gpu_runner.bridge.test_stream_events import build_script
@@ -72,6 +73,10 @@ class JobPlan:
     hints: Mapping[str, str] = field(default_factory=dict)
     #: options the user set, for status pages (JSON-friendly values only)
     options: Mapping[str, str] = field(default_factory=dict)
+    #: bytes of grouped data the driver may hold (--shuffle_memory_budget), and
+    #: where the rest spills (--spill_dir)
+    shuffle_memory_budget: int = 512 << 20
+    spill_dir: Optional[str] = None
 
 
 @dataclass
@@ -231,7 +236,8 @@ class GpuJob:
         context = JobContext(
             plan.stages, plan.stage_context.components, plan.stage_context.safe_coders,
             plan.stage_context.data_channel_coders, self._services,
-            self._services.register_process_bundle_descriptor, truncating_variant)
+            self._services.register_process_bundle_descriptor, truncating_variant,
+            GroupingMemory(plan.shuffle_memory_budget, plan.spill_dir))
         context.setup()   # rewrites data-channel payloads to our endpoints
         bridge = BundleBridge(context, plan.streaming)
         graph = plan.graph.with_pools(plan.pool_of_stage,
@@ -280,7 +286,7 @@ class GpuJob:
                 list(result.monitoring_infos) + book.monitoring))
             book.elements_in += counts[0]
             book.elements_out += counts[1]
-            book.bytes_in += sum(chunks.nbytes for chunks in plan.inputs.values())
+            book.bytes_in += sum(max(0, chunks.nbytes) for chunks in plan.inputs.values())
             book.bytes_out += result.bytes_out
             book.workers.add(result.worker_id)
 

@@ -6,7 +6,6 @@ so each hinted environment is one kind of worker.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 

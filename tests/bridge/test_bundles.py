@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import apache_beam as beam
-import pytest
 from apache_beam.coders import coders
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_fn_api_pb2, endpoints_pb2
@@ -16,10 +15,10 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 
 from beam_gpu_runner.bridge.beam import resolve_any_environments, worker_handlers
-from beam_gpu_runner.bridge.buffers import BufferKind, Chunks
+from beam_gpu_runner.bridge.buffers import Chunks
 from beam_gpu_runner.bridge.bundles import BundleBridge, PayloadDivider, timer_family_key
 from beam_gpu_runner.bridge.context import JobContext
-from beam_gpu_runner.bridge.fnapi import Attempt, AttemptPlan, AttemptResult, ChunkSink
+from beam_gpu_runner.bridge.fnapi import AttemptPlan, AttemptResult, ChunkSink
 from beam_gpu_runner.bridge.grouped import Groups
 from beam_gpu_runner.engine.events import Bundle, BundleSplit, SplitRefused
 from beam_gpu_runner.preprocess.fusion import fuse

@@ -3,7 +3,6 @@ beam_gpu_runner.jobservice.main``, running jobs on GpuRunner), PortableRunner
 clients in this one. GPU-hinted stages: test_end_to_end_gpu.py."""
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from concurrent import futures
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import pytest
 

@@ -10,7 +10,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 

@@ -10,7 +10,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 import beam_gpu_runner
-from beam_gpu_runner.execution.errors import JobFailedError
 from beam_gpu_runner.resources.assignment import ResourceShortageError
 from beam_gpu_runner.resources.hints import InvalidHintError
 from beam_gpu_runner.testing import gpu_test_args

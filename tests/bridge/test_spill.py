@@ -1,4 +1,4 @@
-"""execution/spill.py: grouping that spills to disk under a shared memory budget.
+"""bridge/spill.py: grouping that spills to disk under a shared memory budget.
 
 Results are checked exactly against a plain dict grouping of the same random
 (seeded) data; memory is measured with tracemalloc, never timed.
@@ -19,8 +19,8 @@ from typing import Any, BinaryIO, Iterable, Iterator
 
 import pytest
 
-from beam_gpu_runner.execution import spill
-from beam_gpu_runner.execution.spill import (
+from beam_gpu_runner.bridge import spill
+from beam_gpu_runner.bridge.spill import (
     MemoryBudget,
     SpillError,
     SpillFolder,
@@ -363,7 +363,7 @@ def test_folder_close_removes_the_folder(tmp_path):
 
 
 def test_files_are_removed_at_normal_exit(tmp_path):
-    code = ("import sys; from beam_gpu_runner.execution.spill import *\n"
+    code = ("import sys; from beam_gpu_runner.bridge.spill import *\n"
             "f = SpillFolder(sys.argv[1]); t = SpillingGroupTable(MemoryBudget(4096), f)\n"
             "[t.add(b'k%d' % (i % 7), b'x' * 100) for i in range(1000)]\n"
             "assert t.spilled; print(f.created)\n")

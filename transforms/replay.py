@@ -15,8 +15,12 @@ next (with 1.0 s GpuRunner's steady MNIST throughput was ~35% lower; see
 benchmarks/README.md).
 
 Each batch's event timestamp is its emission wall time (also carried in
-``ImageBatch.emitted_at`` for latency), and the watermark is wall time
-(``WalltimeWatermarkEstimator``): windows close as the clock passes them.
+``ImageBatch.emitted_at`` for latency). The watermark is wall time while a
+restriction emits, and, when it checkpoints, the later of wall time and its
+next batch's due time (``ManualWatermarkEstimator``): no batch of it can come
+earlier. So windows close as the clock passes them even while a part of the
+replay that a runner split off waits for its turn (with Beam's wall-time
+estimator such a part held every window behind it until it ran).
 
 With a finite ``num_images`` the DoFn is bounded per element, so it runs on the
 batch DirectRunner too; ``num_images=0`` replays forever and marks the DoFn
@@ -33,7 +37,7 @@ from typing import Any, Iterator, Optional
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
-from apache_beam.io.watermark_estimators import WalltimeWatermarkEstimator
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
@@ -154,7 +158,7 @@ class _ReplayFn(beam.DoFn, RestrictionProvider):
         t0: float,
         tracker: Any = beam.DoFn.RestrictionParam(),
         watermark_estimator: Any = beam.DoFn.WatermarkEstimatorParam(
-            WalltimeWatermarkEstimator.default_provider()),
+            ManualWatermarkEstimator.default_provider()),
     ) -> Iterator[TimestampedValue]:
         config = self._config
         k = int(tracker.current_restriction().start)
@@ -162,7 +166,9 @@ class _ReplayFn(beam.DoFn, RestrictionProvider):
         call_started = time.time()
         while True:
             now = time.time()
-            wait = config.due(t0, k) - now
+            due = config.due(t0, k)
+            _advance(watermark_estimator, max(now, due))
+            wait = due - now
             if wait > 0:
                 tracker.defer_remainder(Duration.of(wait))
                 return
@@ -175,6 +181,14 @@ class _ReplayFn(beam.DoFn, RestrictionProvider):
             k += 1
 
 
+def _advance(estimator: ManualWatermarkEstimator, seconds: float) -> None:
+    """Watermarks only move forward (the clock may not)."""
+    current = estimator.current_watermark()
+    stamp = Timestamp.of(seconds)
+    if current is None or stamp > current:
+        estimator.set_watermark(stamp)
+
+
 class _EndlessReplayFn(_ReplayFn):
     @beam.DoFn.unbounded_per_element()
     def process(  # type: ignore[override]
@@ -182,7 +196,7 @@ class _EndlessReplayFn(_ReplayFn):
         t0: float,
         tracker: Any = beam.DoFn.RestrictionParam(),
         watermark_estimator: Any = beam.DoFn.WatermarkEstimatorParam(
-            WalltimeWatermarkEstimator.default_provider()),
+            ManualWatermarkEstimator.default_provider()),
     ) -> Iterator[TimestampedValue]:
         return super().process(t0, tracker, watermark_estimator)
 

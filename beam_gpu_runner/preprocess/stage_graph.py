@@ -168,7 +168,10 @@ def build_job_graph(stages: Sequence[Stage], components: beam_runner_api_pb2.Com
         ids = {t.unique_name: i for i, t in original.transforms.items()}
         for s in stages:
             chained = chained_transforms(transforms[s.name], s.environment, original, ids)
-            if chained:
+            if chained:   # named by what the user hinted
+                hinted = [n for n in transforms[s.name] if n not in chained]
+                labels[s.name] = "%s (+%d chained)" % (
+                    stage_label(hinted, s.name), len(chained))
                 notes[s.name] = (
                     "chained onto the accelerator workers of the hinted transforms in "
                     "this stage: %s (no hints of their own; --accelerator_chaining=off "

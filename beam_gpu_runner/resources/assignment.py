@@ -131,8 +131,11 @@ class DiscoveredInventory:
         if spec is None:
             return ("no %r resource is configured (external-resources=%s)"
                     % (GPU_RESOURCE, ";".join(self._config.names)))
-        return "driver %r found %d GPU(s) (%s)" % (spec.driver_factory, len(self._gpus),
-                                                    _summary(self._gpus))
+        found = "driver %r found %d GPU(s) (%s)" % (spec.driver_factory, len(self._gpus),
+                                                     _summary(self._gpus))
+        if spec.driver_factory == "testing":   # fake devices: their name is configured
+            found += ", named by %s" % spec.key("param.device-name")
+        return found
 
     def more_devices_hint(self) -> str:
         spec = self._config.get(GPU_RESOURCE)

@@ -104,8 +104,9 @@ def plan_gpus(requests: Sequence[GpuRequest], inventory: DeviceInventory,
         head = "needs %s per worker" % _what(req)
         if matching[key] < need:
             verdicts[key] = GpuVerdict(UNSATISFIABLE, 0, (
-                "%s; %s, of which %d match; %s" % (
+                "%s; %s, of which %d match%s; %s" % (
                     head, inventory.describe_devices(), matching[key],
+                    " the type" if req.accelerator_type else "",
                     "change the hint's type or count" if not matching[key] else
                     "lower the hint's count or configure %s" % inventory.more_devices_hint())))
         elif sizes[key] == 0:

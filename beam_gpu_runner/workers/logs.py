@@ -39,9 +39,20 @@ class WorkerLogService(beam_fn_api_pb2_grpc.BeamFnLoggingServicer):
                              entry.message, ("\n" + entry.trace) if entry.trace else "")
 
 
+#: As Beam's own Fn API servers: accept the harness's keepalive pings (every
+#: 20 s, also while idle). gRPC's defaults answer them with GOAWAY
+#: "too_many_pings" after a few idle minutes, which ended a worker's log stream.
+SERVER_OPTIONS = [
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+]
+
+
 class LogServer:
     def __init__(self) -> None:
-        self._server = grpc.server(thread_pool_executor.shared_unbounded_instance())
+        self._server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
+                                   options=SERVER_OPTIONS)
         self.port = self._server.add_insecure_port("[::]:0")
         beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(
             WorkerLogService(), self._server)

@@ -39,6 +39,8 @@ _TESTS_ROOT = str(Path(__file__).resolve().parent.parent)
 GPU_FLAGS = ["--external_resource", "external-resource.gpu.driver-factory.class=testing",
              "--external_resource", "external-resource.gpu.param.num-devices=2"]
 ONE_GPU = "type:nvidia;count:1"
+#: these tests check where unhinted stages run: not chained onto the GPU worker
+KEEP_APART = "--accelerator_chaining=off"
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +93,7 @@ def test_hinted_stage_runs_on_a_server_gpu_worker_with_the_staged_files(
     p = beam.Pipeline(options=options(
         gpu_server.endpoint, "--job_name=e2e-gpu", "--extra_package=%s" % wheel,
         "--requirements_file=%s" % requirements, "--requirements_cache=skip",
-        "--save_main_session"))
+        "--save_main_session", KEEP_APART))
     _ = (p | beam.Create([1, 2, 3])
          | "OnClient" >> beam.ParDo(ReportWorker(str(out), "client"))
          | "OnGpu" >> beam.ParDo(ReportWorker(str(out), "gpu", ("stagedpkg",)))
@@ -146,6 +148,21 @@ def start_worker_pool(use_process: bool = False, path_first: Optional[str] = Non
             time.sleep(0.1)
 
 
+def test_by_default_an_unhinted_neighbour_is_chained_onto_the_gpu_worker(
+        gpu_server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    p = beam.Pipeline(options=options(gpu_server.endpoint, "--job_name=e2e-chained"))
+    _ = (p | beam.Create([1])
+         | "Plain" >> beam.ParDo(ReportWorker(str(out), "plain"))
+         | "OnGpu" >> beam.ParDo(ReportWorker(str(out), "gpu"))
+         .with_resource_hints(accelerator=ONE_GPU))
+    assert p.run().wait_until_finish() == "DONE"
+    [plain], [gpu] = read_reports(str(out), "plain"), read_reports(str(out), "gpu")
+    assert plain["pid"] == gpu["pid"] != psutil.Process().pid   # one GPU worker
+    assert len(plain["gpus"]) == 1
+
+
 @pytest.mark.parametrize("environment", ["EXTERNAL", "PROCESS", "DOCKER"])
 def test_environments_and_hinted_stages(gpu_server: ServerProcess, tmp_path: Path,
                                         environment: str) -> None:
@@ -167,7 +184,8 @@ def test_environments_and_hinted_stages(gpu_server: ServerProcess, tmp_path: Pat
     try:
         p = beam.Pipeline(options=options(
             gpu_server.endpoint, "--environment_config=%s" % config,
-            "--job_name=e2e-%s" % environment.lower(), environment=environment))
+            "--job_name=e2e-%s" % environment.lower(), KEEP_APART,
+            environment=environment))
         _ = (p | beam.Create([1])
              | "Plain" >> beam.ParDo(ReportWorker(str(out), "plain"))
              | "OnGpu" >> beam.ParDo(ReportWorker(str(out), "gpu"))

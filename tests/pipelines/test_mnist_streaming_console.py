@@ -40,7 +40,8 @@ class Demo:
         env = dict(os.environ, TMPDIR=str(self.temp), BEAM_GPU_RUNNER_LEASE_DIR=str(self.temp))
         self.stdout_path = tmp_path / "stdout.txt"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "beam_gpu_runner.pipelines.mnist_streaming", *args],
+            [sys.executable, "-X", "faulthandler", "-m",
+             "beam_gpu_runner.pipelines.mnist_streaming", *args],
             stdout=open(self.stdout_path, "wb"), stderr=subprocess.PIPE, env=env,
             start_new_session=True)   # a terminal's foreground group: signals reach it only
         self.lines: list[str] = []
@@ -56,11 +57,33 @@ class Demo:
     def wait_for_line(self, pattern: "re.Pattern[str]") -> str:
         deadline = time.monotonic() + LIMIT_S
         while True:
-            line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError("no line matching %r in %.0f s; the demo's threads:\n%s"
+                                     % (pattern.pattern, LIMIT_S, self.stacks())) from None
             assert line is not None, "the demo ended first:\n" + "\n".join(self.lines)
             self.lines.append(line)
             if pattern.search(line):
                 return line
+
+    def stacks(self) -> str:
+        """The demo's stderr so far and, from faulthandler, its threads' stacks."""
+        self.proc.send_signal(signal.SIGABRT)   # faulthandler dumps every thread
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        lines = []
+        while True:
+            try:
+                line = self._queue.get(timeout=10)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            lines.append(line)
+        return "\n".join(self.lines + lines)
 
     def finish(self) -> int:
         returncode = self.proc.wait(LIMIT_S)

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Optional
 
 import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
 from apache_beam.testing.util import assert_that
 from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
 from beam_gpu_runner.transforms import bundled
 from beam_gpu_runner.transforms.batch import ImageBatch
@@ -38,12 +40,40 @@ def test_config() -> None:
             _config(**bad)
 
 
-def _run_process(fn: _ReplayFn, t0: float, restriction: OffsetRange
+def _run_process(fn: _ReplayFn, t0: float, restriction: OffsetRange,
+                 estimator: Optional[ManualWatermarkEstimator] = None,
                  ) -> tuple[list[TimestampedValue], ThreadsafeRestrictionTracker]:
     fn.setup()
     tracker = ThreadsafeRestrictionTracker(OffsetRestrictionTracker(restriction))
-    out = list(fn.process(t0, RestrictionTrackerView(tracker)))
+    out = list(fn.process(t0, RestrictionTrackerView(tracker),
+                          estimator or ManualWatermarkEstimator(None)))
     return out, tracker
+
+
+def test_a_part_not_due_yet_holds_the_watermark_at_its_due_time_not_now() -> None:
+    # A part of a rate-limited replay that a runner split off (batches 50-99
+    # at 1 batch/s: due in 50 s) waits; its watermark is its due time, so
+    # windows before it close while it waits.
+    fn = _ReplayFn(_config(batch_size=10, num_images=1000, rate=10.0))
+    t0 = time.time()
+    estimator = ManualWatermarkEstimator(None)
+    out, tracker = _run_process(fn, t0, OffsetRange(50, 100), estimator)
+    assert out == []
+    residual, delay = tracker.deferred_status()
+    assert residual == OffsetRange(50, 100) and delay.micros > 45_000_000
+    assert estimator.current_watermark() == Timestamp.of(t0 + 50.0)
+
+
+def test_the_watermark_is_wall_time_while_emitting_and_never_goes_back() -> None:
+    fn = _ReplayFn(_config(batch_size=10, num_images=1000))
+    ahead = Timestamp.of(time.time() + 3600)
+    estimator = ManualWatermarkEstimator(ahead)
+    before = time.time()
+    out, _ = _run_process(fn, before, OffsetRange(0, 3), estimator)
+    assert len(out) == 3 and estimator.current_watermark() == ahead   # not moved back
+    estimator = ManualWatermarkEstimator(None)
+    _run_process(fn, before, OffsetRange(0, 3), estimator)
+    assert before <= estimator.current_watermark().micros / 1e6 <= time.time()
 
 
 def test_process_claims_whole_batches_of_its_restriction(test_set: MnistData) -> None:

@@ -43,3 +43,4 @@ def test_levels(caplog):
         "disk almost full": logging.WARNING,
     }
     assert all("[worker_7 " in r.getMessage() for r in caplog.records)
+

@@ -73,15 +73,18 @@ class StreamRun:
 
 def run_stream(runner: str, num_images: int, rate: float = 0.0, batch_size: int = 100,
                num_workers: int = 0, warmup_fraction: float = 0.1,
-               extra: Sequence[str] = ()) -> StreamRun:
+               extra: Sequence[str] = (), keep_hint: bool = False) -> StreamRun:
     """One run of the streaming pipeline; latency over images after the warm-up.
-    ``extra``: further pipeline options (e.g. ``--accelerator_chaining=off``)."""
+    ``extra``: further pipeline options (e.g. ``--accelerator_chaining=off``).
+    Other runners than ``gpu`` run it with the accelerator hint dropped (so
+    FnApiRunner fuses it into one stage) unless ``keep_hint`` (the same code
+    as on GpuRunner: FnApiRunner cannot fuse across the hint)."""
     from beam_gpu_runner.pipelines.mnist_streaming import StreamingConfig, build
     folder = tempfile.mkdtemp(prefix="bench-mnist-")
     try:
         config = StreamingConfig(rate=rate, num_images=num_images, batch_size=batch_size,
                                  output=folder, window_seconds=1.0)
-        if runner != "gpu":
+        if runner != "gpu" and not keep_hint:
             config = StreamingConfig(**{**asdict(config), "accelerator": ""})
         pipeline = beam.Pipeline(options=options(runner, num_workers, extra))
         build(pipeline, config)
@@ -134,10 +137,12 @@ class Throughput:
 
 
 def run_throughput(runner: str, images: int, small_images: int, batch_size: int = 100,
-                   num_workers: int = 0, extra: Sequence[str] = ()) -> Throughput:
-    small = run_stream(runner, small_images, 0.0, batch_size, num_workers, extra=extra) \
-        if small_images else None
-    big = run_stream(runner, images, 0.0, batch_size, num_workers, extra=extra)
+                   num_workers: int = 0, extra: Sequence[str] = (),
+                   keep_hint: bool = False) -> Throughput:
+    small = run_stream(runner, small_images, 0.0, batch_size, num_workers, extra=extra,
+                       keep_hint=keep_hint) if small_images else None
+    big = run_stream(runner, images, 0.0, batch_size, num_workers, extra=extra,
+                     keep_hint=keep_hint)
     steady = steady_rate("mnist %s" % runner, images, big.wall_s,
                          small_images if small else 0, small.wall_s if small else 0.0)
     return Throughput(runner=runner, num_workers=num_workers, images=images,

@@ -80,10 +80,10 @@ MODES = {
 }
 
 TARGETS = {
-    "mnist_vs_direct": 10.0,
+    "mnist_vs_direct": 1.5,           # issue 15: the better of FnApiRunner fused / same code
     "mnist_share_of_raw": 0.5,
     "trivial_vs_direct": 1.5,
-    "latency_p99_ms": 50.0,
+    "latency_p99_ms": 5.0,            # issue 15 (at 10k images/s)
     "warm_startup_s": 0.3,
     # issue 14
     "device_efficiency": 0.85,        # the lowest over the device counts
@@ -170,15 +170,18 @@ def _run_mnist(out: dict[str, Any], sizes: Sizes, progress: common.Progress,
     out["raw_limit"] = asdict(raw)
 
     runs: dict[str, list[Any]] = {}
-    configs = [("direct", 0)] + [("gpu", n) for n in sorted(sizes.scaling, reverse=True)]
+    # FnApiRunner twice: hint dropped (one fused stage) and the same code
+    # (the hint keeps its stage apart); GpuRunner is judged against the better.
+    configs = [("direct", 0, False), ("direct_hinted", 0, True)] + [
+        ("gpu_w%d" % n, n, False) for n in sorted(sizes.scaling, reverse=True)]
     for rep in range(sizes.repeats):   # interleaved: load spikes hit every runner
-        for runner, nw in configs:
-            label = runner if runner == "direct" else "gpu_w%d" % nw
+        for label, nw, keep_hint in configs:
+            runner = "gpu" if label.startswith("gpu") else "direct"
             progress("%s mnist throughput on %s (run %d/%d): %d and %d images, unlimited "
                      "rate ...", step, label, rep + 1, sizes.repeats, sizes.stream_small,
                      sizes.stream_images)
             r = mnist.run_throughput(runner, sizes.stream_images, sizes.stream_small,
-                                     batch_size, nw)
+                                     batch_size, nw, keep_hint=keep_hint)
             progress("    %s: %.0f images/s steady, start-up %.2f s, wall %.1f s, "
                      "accuracy %.2f%%", label, r.steady_images_per_s, r.startup_s, r.wall_s,
                      100 * r.accuracy)
@@ -190,7 +193,8 @@ def _run_mnist(out: dict[str, Any], sizes: Sizes, progress: common.Progress,
     out["mnist_throughput"] = stream
     gpu_best = stream["gpu_w%d" % workers]["steady_images_per_s"]
     out["mnist_throughput"]["ratio_vs_direct"] = common.ratio(
-        gpu_best, stream["direct"]["steady_images_per_s"])
+        gpu_best, max(stream["direct"]["steady_images_per_s"],
+                      stream["direct_hinted"]["steady_images_per_s"]))
     out["mnist_throughput"]["share_of_raw"] = common.ratio(gpu_best, raw.images_per_s)
     out["scaling"] = {str(n): stream["gpu_w%d" % n]["steady_images_per_s"]
                       for n in sizes.scaling}
@@ -409,6 +413,8 @@ def _rows_original(out: dict[str, Any]) -> list[Row]:
         rows += [
             ("MNIST steady throughput (img/s)", "%.0f" % st[gpu_key]["steady_images_per_s"],
              "%.0f" % st["direct"]["steady_images_per_s"], "%.2fx" % st["ratio_vs_direct"]),
+            ("  FnApiRunner, same code (hinted stage apart) (img/s)", "",
+             "%.0f" % st["direct_hinted"]["steady_images_per_s"], ""),
             ("  raw JAX limit (img/s), share", "%.0f" % out["raw_limit"]["images_per_s"], "",
              "%.0f%%" % (100 * st["share_of_raw"])),
             ("  MNIST start-up to first sink (s)", "%.2f" % st[gpu_key]["startup_s"],
@@ -583,9 +589,10 @@ def plot(out: dict[str, Any], path: str) -> None:
         st, lat = out["mnist_throughput"], out["mnist_latency"]
         gpu_key = "gpu_w%d" % max(out["sizes"]["scaling"])
         bars(axes[0, 0], {"GpuRunner": st[gpu_key]["steady_images_per_s"],
-                          "DirectRunner": st["direct"]["steady_images_per_s"],
+                          "Direct fused": st["direct"]["steady_images_per_s"],
+                          "Direct same code": st["direct_hinted"]["steady_images_per_s"],
                           "raw JAX": out["raw_limit"]["images_per_s"]},
-             "MNIST throughput (%.1fx direct, %.0f%% of raw)"
+             "MNIST throughput (%.2fx the better Direct, %.0f%% of raw)"
              % (st["ratio_vs_direct"], 100 * st["share_of_raw"]), "images/s")
         bars(axes[0, 1], {"GpuRunner p50": lat["gpu"]["latency_p50_ms"],
                           "GpuRunner p99": lat["gpu"]["latency_p99_ms"],

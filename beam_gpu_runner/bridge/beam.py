@@ -162,6 +162,8 @@ INTERNALS: tuple[Internal, ...] = (
              instance_attr="_futures_by_id"),
     Internal(_WH, "ControlConnection.push", "bridge/fnapi.py", "control requests"),
     Internal(_WH, "ControlConnection.abort", "bridge/workers.py", "failing pending requests"),
+    Internal(_DP, "_GrpcDataChannel._enqueue_to_send", "bridge/fnapi.py",
+             "bundle input sent as whole Data messages, not copied through a stream"),
     # the SDK harness (bridge/harness.py, workers/logs.py)
     Internal(_BP, "DATA_INPUT_URN", "preprocess, bridge", "data input transforms"),
     Internal(_BP, "DATA_OUTPUT_URN", "preprocess, bridge", "data output transforms"),
@@ -223,6 +225,12 @@ def check_requirements(pipeline_proto: Any, checked: Any) -> None:
 
 def resolve_any_environments(pipeline_proto: Any) -> Any:
     return fn_runner.FnApiRunner().resolve_any_environments(pipeline_proto)
+
+
+def data_channel_send(channel: Any) -> Any:
+    """The send queue of a worker's data channel on the runner side (Beam's
+    ``_GrpcDataChannel``): takes one ``Elements.Data`` message."""
+    return channel._enqueue_to_send
 
 
 def cache_token_generator() -> Any:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 from apache_beam.metrics import monitoring_infos as mi
 from apache_beam.portability.api import beam_fn_api_pb2
@@ -162,10 +162,9 @@ class BundleBridge:
             app = root.application
             by_input.setdefault(stage.input_for(app.transform_id, app.input_id),
                                 []).append(app.element)
-        watermarks = [wm.seconds * 1_000_000 + wm.nanos // 1000
-                      for root in roots for wm in root.application.output_watermarks.values()]
-        # No estimate from the SDK means we know nothing: hold at MIN.
-        hold = min(watermarks) if len(watermarks) >= len(roots) else MIN_TIMESTAMP
+        hold = _estimated_hold(roots)
+        if hold is None:   # no estimate from the SDK means we know nothing
+            hold = MIN_TIMESTAMP
         delays = [root.requested_time_delay.ToTimedelta().total_seconds() for root in roots
                   if root.HasField("requested_time_delay")]
         resume_at = time.time() + max(delays) if delays and max(delays) > 0 else 0.0
@@ -227,15 +226,27 @@ class BundleBridge:
                     "split of bundle %s of stage %s: the worker returned a root for "
                     "input %s, not the split input %s" % (
                         bundle.id, bundle.stage, owner, transform))
-        residual = ([r.application.element for r in response.residual_roots]
-                    + ledger.elements[residual_start:ledger.stop])
+        unprocessed = ledger.elements[residual_start:ledger.stop]
+        residual = [r.application.element for r in response.residual_roots] + unprocessed
         primary = (ledger.elements[:primary_end + 1]
                    + [root.element for root in response.primary_roots])
         ledger.stop = min(ledger.stop, residual_start)
         return BundleSplit(bundle.id,
                            primary={transform: (sent.with_elements(primary),)},
                            residual={transform: (sent.with_elements(residual),)}
-                           if residual else {})
+                           if residual else {},
+                           # a splittable DoFn's remainder alone: its estimate
+                           residual_hold=None if unprocessed
+                           else _estimated_hold(response.residual_roots))
+
+
+def _estimated_hold(roots: Iterable[Any]) -> Optional[Micros]:
+    """The earliest watermark the SDK estimated for residual roots (a
+    splittable DoFn's), or None when a root has no estimate."""
+    roots = list(roots)
+    watermarks = [wm.seconds * 1_000_000 + wm.nanos // 1000
+                  for root in roots for wm in root.application.output_watermarks.values()]
+    return min(watermarks) if roots and len(watermarks) >= len(roots) else None
 
 
 class _Ledger:

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
 
 from apache_beam.portability.api import beam_fn_api_pb2
 
+from beam_gpu_runner.bridge.beam import data_channel_send
 from beam_gpu_runner.bridge.buffers import Input
 
 _LOG = logging.getLogger(__name__)
@@ -192,21 +193,39 @@ def _send_input(worker: Any, instruction_id: str, transform: str, chunks: Input)
     stops, the runner's 200 MB send buffer fills; seen with two ~100 MB
     bundles on one worker), so the request goes out first, as Beam's Java
     runners do, and the input follows."""
-    stream = worker.data_conn.output_stream(instruction_id, transform)
+    channel = worker.data_conn
     if 0 <= chunks.nbytes <= INPUT_MESSAGE_BYTES:
-        _write(stream, iter(chunks))
+        _write(channel, instruction_id, transform, iter(chunks))
         return
-    threading.Thread(target=_write, args=(stream, iter(chunks)), daemon=True,
-                     name="input-%s-%s" % (instruction_id, transform)).start()
+    threading.Thread(target=_write, args=(channel, instruction_id, transform, iter(chunks)),
+                     daemon=True, name="input-%s-%s" % (instruction_id, transform)).start()
 
 
-def _write(stream: Any, chunks: Iterator[bytes]) -> None:
+def _write(channel: Any, instruction_id: str, transform: str,
+           chunks: Iterator[bytes]) -> None:
+    """Each ~1 MB of chunks (whole elements) as one Data message, then the
+    end-of-stream marker: straight onto the channel's send queue, as Beam's
+    output stream would put them, without copying them through its buffer
+    (a chunk of 1 MB or more is sent as it is)."""
+    send = data_channel_send(channel)
+
+    def message(data: bytes) -> None:
+        send(beam_fn_api_pb2.Elements.Data(
+            instruction_id=instruction_id, transform_id=transform, data=data))
+
     try:
+        pending: list[bytes] = []
+        size = 0
         for chunk in chunks:
-            stream.write(chunk)   # chunks hold whole elements
-            if stream.size() >= INPUT_MESSAGE_BYTES:
-                stream.flush()
-        stream.close()
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= INPUT_MESSAGE_BYTES:
+                message(pending[0] if len(pending) == 1 else b"".join(pending))
+                pending, size = [], 0
+        if pending:
+            message(b"".join(pending))
+        send(beam_fn_api_pb2.Elements.Data(
+            instruction_id=instruction_id, transform_id=transform, is_last=True))
     except Exception:   # the worker went away: its bundle fails on its own
         _LOG.warning("Sending bundle input failed", exc_info=True)
 

@@ -54,6 +54,8 @@ class _Running:
     split_pending: bool = False
     refusals: int = 0
     not_before: float = 0.0
+    #: a checkpoint took its remainder (a stage that checkpoints)
+    checkpointed: bool = False
 
 
 @dataclass(frozen=True)
@@ -232,8 +234,9 @@ class ElementManager:
         return self._draining
 
     def next_wakeup(self) -> Optional[float]:
-        """Processing time of the next delayed bundle or timer, or of the next
-        chance to split a running bundle for idle workers, if any."""
+        """Processing time of the next delayed bundle or timer, of the next
+        chance to split a running bundle for idle workers, or of the next
+        checkpoint, if any."""
         times = [t for s in self._stages.values() for t, _, _ in s.delayed[:1]]
         if self._test_time is None:
             times += [t.update.fire_at / 1e6 for s in self._stages.values()
@@ -241,6 +244,7 @@ class ElementManager:
         times += [self._split_time(self._running[b.id])
                   for pool, idle in self._free_places().items() if idle > 0
                   for b in self._split_candidates(pool, ignore_time=True)]
+        times += [when for when, _ in self._checkpoint_candidates()]
         return min(times, default=None)
 
     def stage_stats(self, stage: str) -> StageStats:
@@ -378,9 +382,11 @@ class ElementManager:
         residual = {t: p for t, p in event.residual.items() if p}
         if not residual:
             return
+        running.checkpointed = state.spec.checkpoints
         state.split += 1
+        hold = bundle.hold if event.residual_hold is None else event.residual_hold
         state.ready.appendleft(replace(
-            self._new_bundle(bundle.stage, residual, bundle.hold),
+            self._new_bundle(bundle.stage, residual, hold),
             residual=bundle.residual, drain=bundle.drain))
         _LOG.debug("Bundle %s of stage %s split; its residual is %s", bundle.id,
                    bundle.stage, state.ready[0].id)
@@ -391,11 +397,43 @@ class ElementManager:
             return   # it ended before its answer came: nothing to split any more
         running.split_pending = False
         running.refusals += 1
-        running.not_before = (self._clock()
-                              + self._policy.retry_after_s * 2 ** (running.refusals - 1))
+        running.not_before = self._clock() + min(
+            self._policy.retry_after_s * 2 ** (running.refusals - 1),
+            max(self._policy.checkpoint_after_s, self._policy.retry_after_s))
 
     def _split_time(self, running: _Running) -> float:
         return max(running.started + self._policy.min_runtime_s, running.not_before)
+
+    def _checkpoint_candidates(self) -> list[tuple[float, Bundle]]:
+        """(when, bundle) for running bundles of stages that checkpoint. Once
+        the job drains, bundles dispatched before it are checkpointed at once
+        (their remainder comes back and runs truncated); draining bundles are
+        left to finish."""
+        out = []
+        for state in self._stages.values():
+            if not state.spec.checkpoints:
+                continue
+            for bundle in state.in_flight.values():
+                running = self._running[bundle.id]
+                if (running.split_pending or running.checkpointed or not bundle.inputs
+                        or bundle.drain):
+                    continue
+                start = running.started if self._draining else (
+                    running.started + self._policy.checkpoint_after_s)
+                out.append((max(start, running.not_before), bundle))
+        return out
+
+    def _checkpoints(self) -> list[Instruction]:
+        """Checkpoint bundles of unbounded splittable DoFns that ran long enough
+        (``SplitBundle`` keeping nothing; a refusal is retried, see
+        ``_on_split_refused``, without a limit: the bundle may never end)."""
+        now = self._clock()
+        out: list[Instruction] = []
+        for when, bundle in self._checkpoint_candidates():
+            if when <= now:
+                self._running[bundle.id].split_pending = True
+                out.append(SplitBundle(bundle.id, 0.0))
+        return out
 
     def _split_candidates(self, pool: str, ignore_time: bool = False) -> list[Bundle]:
         """Running bundles of ``pool`` that may be asked to split, oldest first."""
@@ -436,7 +474,7 @@ class ElementManager:
             out = self._dispatch_all()
             if out or self._bundles:
                 # Dispatching changes holds only by moving work to in-flight.
-                return out + self._splits()
+                return out + self._splits() + self._checkpoints()
             # Quiet: the TestStream's next event, if any, then look again;
             # then timers that can no longer fire (their holds go with them).
             if not self._step_script() and not self._drop_final_processing_timers():

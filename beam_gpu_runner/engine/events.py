@@ -94,12 +94,15 @@ class BundleSplit:
     """A running bundle gave up part of its input (a split it was asked for).
 
     ``primary`` is what the bundle still processes (its input for a retry);
-    ``residual`` goes back to the stage as new work, with the bundle's hold.
+    ``residual`` goes back to the stage as new work, held at
+    ``residual_hold`` (the SDK's watermark estimate for a splittable DoFn's
+    residual), or, when None, at the bundle's hold.
     """
 
     bundle_id: str
     primary: Mapping[str, tuple[Payload, ...]]
     residual: Mapping[str, tuple[Payload, ...]]
+    residual_hold: Optional[Micros] = None
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,12 @@ class StageSpec:
     #: reads no unbounded source: splitting an endless restriction would hold
     #: the watermark at the split's start).
     dynamic_split: bool = False
+    #: It runs an unbounded splittable DoFn: a running bundle is checkpointed
+    #: (split keeping nothing of its remainder) once it has run for
+    #: ``SplitPolicy.checkpoint_after_s``, so that its output is committed and
+    #: the watermark moves even when the DoFn never stops on its own (e.g.
+    #: chained with a step slower than its source).
+    checkpoints: bool = False
 
 
 class GraphError(ValueError):

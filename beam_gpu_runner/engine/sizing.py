@@ -80,6 +80,9 @@ class SplitPolicy:
     retry_after_s: float = 0.2
     #: ... and at most this many times.
     max_refusals: int = 3
+    #: A bundle of a stage that checkpoints (an unbounded splittable DoFn) is
+    #: checkpointed after running this long (Beam's DirectRunner: 1 s).
+    checkpoint_after_s: float = 1.0
 
 
 def plan_divisions(ready: Sequence[tuple[K, int]], free: int) -> dict[K, int]:

@@ -14,7 +14,12 @@ read are separate stages with no PCollection between them), a side input and
 a runner primitive's buffer end a chain. When a chain holds exactly one hinted
 environment, its unhinted stages move into that environment, and Beam's
 fusion then fuses what it can into the accelerator's stages. A chain with
-several different hints is left alone. ``--accelerator_chaining=off`` keeps
+several different hints is left alone. An unbounded splittable DoFn (a
+streaming source) is never chained: it is one restriction, read by one
+bundle at a time, so fused with a slower accelerator step it would hold the
+stage to one device, where kept apart its output is cut across all of them.
+(A bounded source is chained: its running bundles are split for idle
+workers.) ``--accelerator_chaining=off`` keeps
 every hinted transform apart (Dataflow's "right fitting"), for CPU-heavy
 neighbours that should not take an accelerator worker's place.
 """
@@ -23,12 +28,15 @@ from __future__ import annotations
 import logging
 from typing import Iterable, Iterator, Mapping, Optional
 
+from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.utils import proto_utils
 
 from beam_gpu_runner.bridge.beam import PAR_DO_URNS, Stage, TransformContext
 
 _LOG = logging.getLogger(__name__)
+
+SDF_PROCESS_URN = common_urns.sdf_components.PROCESS_SIZED_ELEMENTS_AND_RESTRICTIONS.urn
 
 
 class _Chains:
@@ -61,19 +69,32 @@ def is_hinted(components: beam_runner_api_pb2.Components, environment: Optional[
                 and components.environments[environment].resource_hints)
 
 
+def reads_unbounded_source(stage: Stage, components: beam_runner_api_pb2.Components
+                           ) -> bool:
+    """Whether the stage runs a splittable DoFn whose output is unbounded."""
+    return any(t.spec.urn == SDF_PROCESS_URN
+               and any(components.pcollections[p].is_bounded
+                       == beam_runner_api_pb2.IsBounded.UNBOUNDED
+                       for p in t.outputs.values())
+               for t in stage.transforms)
+
+
 def chain_targets(stages: list[Stage], components: beam_runner_api_pb2.Components
                   ) -> dict[str, str]:
     """Stage name -> the hinted environment its chain moves it into."""
     chains = _Chains(s.name for s in stages)
+    sources = {s.name for s in stages if reads_unbounded_source(s, components)}
     producer: dict[str, str] = {}
     for stage in stages:
         for transform in stage.transforms:
             for pcoll in transform.outputs.values():
                 producer[pcoll] = stage.name
     for stage in stages:
+        if stage.name in sources:
+            continue
         for transform in stage.transforms:
             for pcoll in _main_inputs(transform):
-                if pcoll in producer:
+                if pcoll in producer and producer[pcoll] not in sources:
                     chains.join(producer[pcoll], stage.name)
     hinted: dict[str, set[str]] = {}
     for stage in stages:
@@ -82,7 +103,7 @@ def chain_targets(stages: list[Stage], components: beam_runner_api_pb2.Component
     targets = {}
     for stage in stages:
         envs = hinted.get(chains.find(stage.name), set())
-        if (len(envs) == 1 and stage.environment
+        if (len(envs) == 1 and stage.environment and stage.name not in sources
                 and not is_hinted(components, stage.environment)):
             targets[stage.name] = next(iter(envs))
     return targets

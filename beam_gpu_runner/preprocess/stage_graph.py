@@ -21,7 +21,7 @@ from beam_gpu_runner.bridge.bundles import timer_family_key
 from beam_gpu_runner.bridge.reverse_test_stream import unheld_timer_families
 from beam_gpu_runner.bridge.runner_stages import (
     GROUPING_EVENT_TIMERS, GROUPING_PROCESSING_TIMERS)
-from beam_gpu_runner.preprocess.chaining import chained_transforms
+from beam_gpu_runner.preprocess.chaining import SDF_PROCESS_URN, chained_transforms
 from beam_gpu_runner.engine.graph import (
     InputKind, InputSpec, StageGraph, StageSpec, TimerFamily)
 from beam_gpu_runner.preprocess.pair_with_timing import read_buffer, timing_spec, timing_transforms
@@ -60,6 +60,7 @@ def stage_spec(stage: Stage, components: beam_runner_api_pb2.Components,
     outputs: list[str] = []
     timers: list[TimerFamily] = []
     bounded = True
+    splittable_dofn = False
     for t in stage.transforms:
         if t.spec.urn == DATA_INPUT_URN:
             kind, buffer = _data_input_kind(BufferId.parse(t.spec.payload), streaming)
@@ -69,6 +70,7 @@ def stage_spec(stage: Stage, components: beam_runner_api_pb2.Components,
             outputs.append(str(BufferId.parse(t.spec.payload)))
             continue
         bounded = bounded and all(_is_bounded(components, p) for p in t.outputs.values())
+        splittable_dofn = splittable_dofn or t.spec.urn == SDF_PROCESS_URN
         if t.spec.urn in PAR_DO_URNS:
             payload = proto_utils.parse_Bytes(
                 t.spec.payload, beam_runner_api_pb2.ParDoPayload)
@@ -85,7 +87,8 @@ def stage_spec(stage: Stage, components: beam_runner_api_pb2.Components,
     return StageSpec(name=stage.name, inputs=tuple(inputs), outputs=tuple(outputs),
                      side_inputs=side_inputs, timer_families=tuple(timers),
                      stateful=stateful, divisible=divisible,
-                     dynamic_split=divisible and bounded)
+                     dynamic_split=divisible and bounded,
+                     checkpoints=splittable_dofn and not bounded)
 
 
 def grouping_spec(buffer: BufferId) -> StageSpec:

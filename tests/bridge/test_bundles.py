@@ -12,6 +12,7 @@ from apache_beam.runners.pipeline_utils import merge_common_environments
 from apache_beam.transforms import userstate
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
+from google.protobuf import timestamp_pb2
 from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 
 from beam_gpu_runner.bridge.beam import resolve_any_environments, worker_handlers
@@ -160,6 +161,43 @@ def test_splits_are_exact_across_several_splits_of_one_attempt():
     assert values(second.primary) == [0, 1]
     assert values(second.residual) == [2, 3]      # what it still had, nothing twice
     assert isinstance(bridge.split(bundle, attempt, 0.5), SplitRefused)  # type: ignore
+
+
+def test_a_checkpoint_of_a_splittable_dofn_holds_its_remainder_at_the_sdks_estimate():
+    job, stages, _ = context_of(group_by_key)
+    [(root, inputs)] = job.initial_inputs()
+    bridge = BundleBridge(job, streaming=False)
+    [read] = list(inputs)
+    data = Chunks.of([INTS.encode_nested(7)], INTS, 1)
+    transforms = job.stage(root).process_bundle_descriptor.transforms
+    [read_output] = transforms[read].outputs.values()
+    [(fed, input_id)] = [(t, name) for t, proto in transforms.items()
+                         for name, pcoll in proto.inputs.items() if pcoll == read_output]
+    residual_root = beam_fn_api_pb2.DelayedBundleApplication(
+        application=beam_fn_api_pb2.BundleApplication(
+            transform_id=fed, input_id=input_id, element=INTS.encode_nested(8),
+            output_watermarks={"out": timestamp_pb2.Timestamp(seconds=5, nanos=2000)}))
+    primary_root = beam_fn_api_pb2.BundleApplication(
+        transform_id=fed, input_id=input_id, element=INTS.encode_nested(7))
+
+    def answer(with_watermark: bool):
+        root = beam_fn_api_pb2.DelayedBundleApplication()
+        root.CopyFrom(residual_root)
+        if not with_watermark:
+            root.application.ClearField("output_watermarks")
+        return beam_fn_api_pb2.ProcessBundleSplitResponse(
+            primary_roots=[primary_root], residual_roots=[root],
+            channel_splits=[beam_fn_api_pb2.ProcessBundleSplitResponse.ChannelSplit(
+                transform_id=read, last_primary_element=-1, first_residual_element=1)])
+
+    for with_watermark, hold in ((True, 5_000_002), (False, None)):
+        plan = AttemptPlan("d", {read: data}, {}, {})
+        attempt = TestingSplitAttempt(plan, [answer(with_watermark)])
+        event = bridge.split(Bundle("b1", root, {read: (data,)}), attempt,   # type: ignore
+                             0.0)
+        assert isinstance(event, BundleSplit) and event.residual_hold == hold
+        [payload] = event.residual[read]
+        assert [INTS.decode_nested(e) for e in payload.element_bytes()] == [8]
 
 
 def test_the_divider_cuts_chunks_and_groups():

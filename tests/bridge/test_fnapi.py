@@ -49,16 +49,15 @@ class TestingDataConn:
         self.outputs = list(outputs)
         self.expected = None
 
-    def output_stream(self, instruction_id, transform_id):
-        def send(data: bytes) -> None:
-            self.started.wait()   # the worker reads only once the bundle started
-            self.messages.append(data)
-
-        def close(data: bytes) -> None:
-            send(data)
+    def _enqueue_to_send(self, message: beam_fn_api_pb2.Elements.Data) -> None:
+        """Beam's send queue (bridge.beam.data_channel_send)."""
+        self.started.wait()   # the worker reads only once the bundle started
+        if message.is_last:
+            assert not message.data
             self.closed.set()
-
-        return SizeBasedBufferingClosableOutputStream(close, flush_callback=send)
+        else:
+            assert message.data and message.transform_id == "read"
+            self.messages.append(message.data)
 
     def output_timer_stream(self, instruction_id, transform_id, family):
         def send(data: bytes) -> None:

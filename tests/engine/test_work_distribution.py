@@ -165,3 +165,62 @@ def test_a_test_stream_pipeline_keeps_each_events_elements_together():
     em.add_test_stream(TestStreamScript(["src"], [EmitElements("src", ITEMS[:8], 8)]))
     [bundle] = runs(em.start())
     assert bundle.inputs == {"in": (ITEMS[:8],)}
+
+
+def checkpointing(policy=None):
+    clock = TestingClock()
+    graph = StageGraph.of([
+        StageSpec("Sdf", (InputSpec("read", "impulse", InputKind.IMPULSE),), ("out",),
+                  pool="cpu", checkpoints=True),
+        StageSpec("Sink", (InputSpec("in", "out", InputKind.STREAM),), (), pool="cpu"),
+    ], pools={"cpu": 1})
+    em = ElementManager(graph, clock, divider=SequenceDivider(), split_policy=policy)
+    em.add_initial("Sdf", {"read": (("impulse",),)})
+    [sdf] = runs(em.start())
+    return em, clock, sdf
+
+
+def test_an_unbounded_splittable_dofn_is_checkpointed_once_it_ran_long_enough():
+    em, clock, sdf = checkpointing(SplitPolicy(checkpoint_after_s=1.0))
+    assert em.next_wakeup() == pytest.approx(clock.now + 1.0)
+    clock.now += 0.5
+    assert splits(em.handle(Tick())) == []
+    clock.now += 0.5
+    [checkpoint] = splits(em.handle(Tick()))
+    assert checkpoint == SplitBundle(sdf.id, 0.0)
+    assert splits(em.handle(Tick())) == []   # pending: not asked twice
+    em.handle(BundleSplit(sdf.id, primary={"read": (("impulse",),)},
+                          residual={"read": (("rest",),)}, residual_hold=5_000_000))
+    clock.now += 10.0   # the primary is not checkpointed again
+    assert splits(em.handle(Tick())) == []
+    # Its output is committed when it ends; the remainder runs next, held at the
+    # SDK's estimate, not at the first bundle's hold.
+    [sink] = runs(em.handle(BundleSucceeded(sdf.id, produced={"out": (("x",),)})))
+    assert sink.stage == "Sink"   # downstream first
+    [rest] = runs(em.handle(BundleSucceeded(sink.id)))
+    assert rest.inputs == {"read": (("rest",),)} and rest.hold == 5_000_000
+    assert em.stage_stats("Sdf").output_watermark == 5_000_000
+
+
+def test_a_refused_checkpoint_is_asked_again_without_giving_up():
+    em, clock, sdf = checkpointing(SplitPolicy(checkpoint_after_s=1.0, retry_after_s=0.2,
+                                               max_refusals=2))
+    clock.now += 1.0
+    for backoff in (0.2, 0.4, 0.8, 1.0, 1.0):   # doubling, at most checkpoint_after_s
+        [ask] = splits(em.handle(Tick()))
+        assert splits(em.handle(SplitRefused(ask.bundle_id))) == []
+        assert em.next_wakeup() == pytest.approx(clock.now + backoff)
+        clock.now += backoff
+
+
+def test_a_drain_checkpoints_running_bundles_at_once_and_runs_their_remainder_truncated():
+    em, clock, sdf = checkpointing()
+    [checkpoint] = splits(em.handle(Drain()))
+    assert checkpoint == SplitBundle(sdf.id, 0.0)
+    em.handle(BundleSplit(sdf.id, primary={"read": (("impulse",),)},
+                          residual={"read": (("rest",),)}, residual_hold=5_000_000))
+    [rest] = runs(em.handle(BundleSucceeded(sdf.id)))
+    assert rest.drain and rest.inputs == {"read": (("rest",),)}
+    clock.now += 60.0   # a draining bundle truncates its restriction: left alone
+    assert splits(em.handle(Tick())) == [] and em.next_wakeup() is None
+    assert em.handle(BundleSucceeded(rest.id)) == [JobFinished()]

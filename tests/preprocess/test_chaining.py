@@ -85,3 +85,21 @@ def test_plan_says_which_transforms_were_chained_and_why():
     apart = "\n".join(placement_lines(proto_of(read_preprocess_infer_write),
                                       ["--accelerator_chaining=off"]))
     assert "chained onto" not in apart
+
+
+def test_an_unbounded_source_is_not_chained_but_its_consumers_are():
+    from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+    def build(p):
+        (p | "Source" >> PeriodicImpulse(fire_interval=1.0)
+         | "Preprocess" >> beam.Map(lambda x: x)
+         | "Infer" >> beam.Map(lambda x: x).with_resource_hints(accelerator=GPU)
+         | "Write" >> beam.Map(print))
+
+    context, stages = fuse(proto_of(build), chaining=True)
+    by_stage = [(is_hinted(context.components, s.environment),
+                 {t.unique_name for t in s.transforms}) for s in stages]
+    source = [h for h, ns in by_stage if "Source/GenSequence/Process" in ns]
+    assert source == [False]   # one restriction: kept on its own, not on a device
+    hinted = set().union(*[ns for h, ns in by_stage if h])
+    assert {"Preprocess", "Infer", "Write"} <= hinted

@@ -21,7 +21,6 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
-from beam_gpu_runner.execution.pipeline_result import GpuPipelineResult
 from beam_gpu_runner.jobservice.job_options import ServerJobDefaults
 from beam_gpu_runner.resources.config import fake_gpu_keys
 from beam_gpu_runner.jobservice.server import JobServer
@@ -182,9 +181,6 @@ def test_a_streaming_job_through_the_job_servers_ui(page: Any, tmp_path: Path,
             result.finish()
 
 
-@pytest.mark.skipif(not hasattr(GpuPipelineResult, "status"),
-                    reason="GpuPipelineResult.status() (the execution layer's JobStatus) "
-                           "has not landed yet; this test turns on by itself when it does")
 def test_a_real_gpu_runner_streaming_job(page: Any, tmp_path: Path) -> None:
     from beam_gpu_runner import GpuRunner
     from beam_gpu_runner.ui.sources import serve_run

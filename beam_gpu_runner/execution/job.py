@@ -75,7 +75,7 @@ class JobPlan:
     options: Mapping[str, str] = field(default_factory=dict)
     #: bytes of grouped data the driver may hold (--shuffle_memory_budget), and
     #: where the rest spills (--spill_dir)
-    shuffle_memory_budget: int = 512 << 20
+    shuffle_memory_budget: int = 256 << 20
     spill_dir: Optional[str] = None
 
 

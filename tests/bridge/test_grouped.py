@@ -212,19 +212,14 @@ def test_producers_that_spilled_merge_in_producer_order(tmp_path):
     memory.close()
 
 
-def test_spilled_groups_divide_into_disjoint_parts_covering_every_key(tmp_path):
+def test_spilled_groups_are_read_by_one_bundle_with_everything_on_disk_first(tmp_path):
     memory = grouped.GroupingMemory(128 << 10, str(tmp_path))
     pairs = pairs_of(5, 40_000, 2_000)
     payload = budgeted(memory, pairs)
-    parts = payload.divide(3)
-    assert len(parts) == 3 and all(p.spilled for p in parts)
-    assert [p.divide(2) for p in parts] == [[p] for p in parts]   # cut once only
-    seen: dict[str, list[int]] = {}
-    for part in parts:
-        for key, values in decoded(list(part.encoded())).items():
-            assert key not in seen
-            seen[key] = values
-    assert seen == reference(pairs)
+    assert payload.divide(3) == [payload]
+    assert decoded(list(payload.encoded())) == reference(pairs)
+    # reading spilled what the producers had left in memory: the budget is free
+    assert memory.budget.used == 0
     memory.close()
 
 

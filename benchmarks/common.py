@@ -60,11 +60,15 @@ def fake_gpu_args() -> list[str]:
 
 
 def options(runner: str, num_workers: int = 0, extra: Sequence[str] = ()) -> PipelineOptions:
+    """Options for ``runner``; on GpuRunner ``--num_workers`` when given and,
+    on a host without GPUs, as many fake ones as workers (at least one): the
+    issue's "two fake GPUs, one per core" for two workers."""
     args = ["--runner=%s" % RUNNERS.get(runner, runner)]
     if runner == "gpu":
         if num_workers:
             args.append("--num_workers=%d" % num_workers)
-        args += fake_gpu_args()
+        args += [a.replace("--fake_gpus=1", "--fake_gpus=%d" % max(1, num_workers))
+                 for a in fake_gpu_args()]
     args += list(extra)
     return PipelineOptions(args)
 

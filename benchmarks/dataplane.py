@@ -39,6 +39,19 @@ NAMESPACE = "benchmarks.dataplane"
 CHAINING_OPTION = "--accelerator_chaining"
 
 
+def _run_and_count(pipeline: beam.Pipeline) -> tuple[float, dict[str, int]]:
+    """Runs ``pipeline``: its wall time and this module's counters."""
+    started = time.time()
+    result = pipeline.run()
+    result.wait_until_finish()
+    wall = time.time() - started
+    counters = {c.key.metric.name: int(c.committed if c.committed is not None
+                                       else c.attempted or 0)
+                for c in result.metrics().query(
+                    MetricsFilter().with_namespace(NAMESPACE))["counters"]}
+    return wall, counters
+
+
 # -- the fast edge -------------------------------------------------------------
 
 def _array(i: int, nbytes: int) -> np.ndarray:
@@ -101,14 +114,7 @@ def run_edge(runner: str, elements: int, element_bytes: int = MIB,
          | "Source" >> beam.ParDo(_MakeArray(element_bytes))
          | "OnDevice" >> on_device
          | "Sum" >> beam.ParDo(_Sum()))
-    started = time.time()
-    result = pipeline.run()
-    result.wait_until_finish()
-    wall = time.time() - started
-    counters = {c.key.metric.name: int(c.committed if c.committed is not None
-                                       else c.attempted or 0)
-                for c in result.metrics().query(
-                    MetricsFilter().with_namespace(NAMESPACE))["counters"]}
+    wall, counters = _run_and_count(pipeline)
     want = {"elements": elements, "sum": elements * (elements - 1) // 2}
     if counters != want:
         raise RuntimeError("fast edge %s: the sum stage counted %s, expected %s"
@@ -216,14 +222,7 @@ def run_gbk_here(runner: str, values: int, value_bytes: int, keys: int,
          | "Values" >> beam.ParDo(_MakeValue(keys, value_bytes))
          | "Group" >> beam.GroupByKey()
          | "Check" >> beam.ParDo(_CheckGroup()))
-    started = time.time()
-    result = pipeline.run()
-    result.wait_until_finish()
-    wall = time.time() - started
-    counters = {c.key.metric.name: int(c.committed if c.committed is not None
-                                       else c.attempted or 0)
-                for c in result.metrics().query(
-                    MetricsFilter().with_namespace(NAMESPACE))["counters"]}
+    wall, counters = _run_and_count(pipeline)
     want = {"groups": min(keys, values), "values": values, "bytes": values * value_bytes}
     if counters != want:
         raise RuntimeError("gbk %s: counted %s, expected %s" % (runner, counters, want))

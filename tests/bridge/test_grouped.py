@@ -25,6 +25,10 @@ GROUPED = coders.WindowedValueCoder(
     coders.TupleCoder([coders.StrUtf8Coder(), coders.IterableCoder(coders.VarIntCoder())]),
     coders.GlobalWindowCoder())
 GLOBAL = core.Windowing(GlobalWindows())
+WINDOWED_IN_INTERVALS = coders.WindowedValueCoder(KV, coders.IntervalWindowCoder())
+GROUPED_IN_INTERVALS = coders.WindowedValueCoder(
+    coders.TupleCoder([coders.StrUtf8Coder(), coders.IterableCoder(coders.VarIntCoder())]),
+    coders.IntervalWindowCoder())
 
 
 def chunk(pairs: list[tuple[str, int]]) -> bytes:
@@ -102,11 +106,7 @@ def test_only_non_merging_non_global_windows_are_released_by_window():
 
 
 def test_by_window_groups_each_window_apart():
-    windowed = coders.WindowedValueCoder(KV, coders.IntervalWindowCoder())
-    out_coder = coders.WindowedValueCoder(
-        coders.TupleCoder([coders.StrUtf8Coder(),
-                           coders.IterableCoder(coders.VarIntCoder())]),
-        coders.IntervalWindowCoder())
+    windowed, out_coder = WINDOWED_IN_INTERVALS, GROUPED_IN_INTERVALS
     fixed = core.Windowing(window.FixedWindows(10))
     template = Groups(windowed, out_coder, fixed)
     w1, w2 = IntervalWindow(0, 10), IntervalWindow(10, 20)
@@ -224,14 +224,11 @@ def test_spilled_groups_are_read_by_one_bundle_with_everything_on_disk_first(tmp
 
 
 def test_spilled_windowed_groups_equal_beams_grouping(tmp_path):
-    windowed = coders.WindowedValueCoder(KV, coders.IntervalWindowCoder())
-    out_coder = coders.WindowedValueCoder(
-        coders.TupleCoder([coders.StrUtf8Coder(),
-                           coders.IterableCoder(coders.VarIntCoder())]),
-        coders.IntervalWindowCoder())
+    windowed, out_coder = WINDOWED_IN_INTERVALS, GROUPED_IN_INTERVALS
     sessions = core.Windowing(window.Sessions(5))
     impl = windowed.get_impl()
-    elements = [WindowedValue(("k%d" % (i % 50), i), i // 50, (IntervalWindow(i // 50, i // 50 + 5),))
+    elements = [WindowedValue(("k%d" % (i % 50), i), i // 50,
+                              (IntervalWindow(i // 50, i // 50 + 5),))
                 for i in range(20_000)]
     data = [b"".join(impl.encode_nested(e) for e in elements[s:s + 400])
             for s in range(0, len(elements), 400)]

@@ -13,7 +13,9 @@ second) during the run; its counts are reported with the run::
         --images 1000000 --small 100000 --repeats 3 [--ui]
 
 A variant's value is its options separated by spaces
-(``--variant both="--a=1 --b=2"``); ``--variant base=`` is the runner's default.
+(``--variant both="--a=1 --b=2"``); ``--variant base=`` is the runner's default;
+the token ``+ui`` serves that variant's UI and keeps its page open (so
+``--variant closed= --variant open=+ui`` measures the page's cost, interleaved).
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ from benchmarks import common
 from benchmarks.ui_poller import UiPoller, free_port
 
 _LOG = logging.getLogger(__name__)
+
+#: In a variant's options: serve its web UI and keep its job page open.
+UI_TOKEN = "+ui"
 
 
 def parse_variants(specs: Sequence[str]) -> dict[str, list[str]]:
@@ -63,10 +68,10 @@ def mnist_variants(variants: Mapping[str, Sequence[str]], images: int, small_ima
         for name, extra in variants.items():
             progress("mnist variant %s %s (run %d/%d): %d and %d images%s", name,
                      " ".join(extra) or "(defaults)", rep + 1, repeats, small_images, images,
-                     ", web UI open" if ui else "")
-            options = list(extra)
+                     ", web UI open" if ui or UI_TOKEN in extra else "")
+            options = [o for o in extra if o != UI_TOKEN]
             poller = None
-            if ui:
+            if ui or UI_TOKEN in extra:
                 port = free_port()
                 options.append("--ui_port=%d" % port)
                 poller = UiPoller("http://127.0.0.1:%d/" % port).start()

@@ -72,6 +72,10 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 #: and 1.7-1.8 GB with 512 MiB (BUILD_NOTES.md).
 DEFAULT_SHUFFLE_MEMORY_BUDGET = 256 << 20
 
+#: Seconds an idle local worker waits for the next job (Flink's
+#: resourcemanager.taskmanager-timeout is 30 s too).
+DEFAULT_WORKER_KEEP_ALIVE_S = 30.0
+
 
 def _byte_count(text: str) -> int:
     raw = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -132,6 +136,12 @@ class GpuRunnerOptions(PipelineOptions):
         group.add_argument(
             "--worker_start_timeout", type=_positive_float, default=60.0,
             help="Seconds a worker may take to connect before the job fails.")
+        group.add_argument(
+            "--worker_keep_alive", type=_seconds, default=DEFAULT_WORKER_KEEP_ALIVE_S,
+            help="Seconds a local worker without GPUs stays idle after its job ended "
+                 "cleanly, for the next job of this process to reuse (no interpreter "
+                 "start, Beam already imported), as Flink's session cluster keeps idle "
+                 "TaskManagers (default 30; 0: workers end with their job).")
         group.add_argument(
             "--max_bundle_attempts", type=_positive_int, default=3,
             help="Attempts per bundle when a worker process dies mid-bundle.")

@@ -224,7 +224,7 @@ def _default_placement(options: GpuRunnerOptions) -> Placement:
                             local_gpus=lambda: _device_allocator(options).devices().get(
                                 "gpu", ()))
     from beam_gpu_runner.placement.local import LocalPlacement
-    return LocalPlacement()
+    return LocalPlacement(keep_alive_s=options.worker_keep_alive)
 
 
 def _device_allocator(options: GpuRunnerOptions) -> Any:

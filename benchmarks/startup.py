@@ -1,4 +1,6 @@
-"""Start-up: wall time of a 1-element job, cold (new job) and warm (job server)."""
+"""Start-up: wall time of a 1-element job: the first of a process (cold), one
+after the first in the same process (idle workers reused), and through a warm
+job server."""
 from __future__ import annotations
 
 import logging
@@ -25,7 +27,7 @@ def _one_element(pipeline: beam.Pipeline) -> None:
 
 @dataclass(frozen=True)
 class StartupRun:
-    mode: str           # cold-gpu, cold-direct, warm-jobserver
+    mode: str           # cold-gpu, cold-direct, next-gpu, next-direct, warm-jobserver
     median_s: float
     samples_s: list[float]
 
@@ -45,9 +47,24 @@ def _time_job(opts: PipelineOptions) -> float:
 
 
 def cold(runner: str, repeats: int) -> StartupRun:
-    """A new job each time: ``Pipeline.run()`` to done, in this process."""
-    samples = [_time_job(options(runner, 1)) for _ in range(repeats)]
+    """``Pipeline.run()`` to done as the first job of a process: no idle
+    worker of an earlier job is left to reuse."""
+    from beam_gpu_runner.placement.warm import WARM
+
+    samples = []
+    for _ in range(repeats):
+        WARM.retire_all()
+        samples.append(_time_job(options(runner, 1)))
     return StartupRun("cold-%s" % runner, statistics.median(samples), samples)
+
+
+def next_job(runner: str, repeats: int, warmup: int = 1) -> StartupRun:
+    """``Pipeline.run()`` to done for jobs after the first in this process, as
+    a suite of small tests runs them (GpuRunner reuses the idle workers)."""
+    for _ in range(warmup):
+        _time_job(options(runner, 1))
+    samples = [_time_job(options(runner, 1)) for _ in range(repeats)]
+    return StartupRun("next-%s" % runner, statistics.median(samples), samples)
 
 
 #: Beam's PortableRunner client runs ``pip freeze`` on every submission to

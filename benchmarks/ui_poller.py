@@ -103,8 +103,8 @@ class UiPoller:
             jobs = json.loads(body)["jobs"] if body else []
             if jobs:
                 self.job_id = str(jobs[0]["job_id"])
-        else:
-            self._get("api/jobs/" + urllib.parse.quote(self.job_id, safe=""))
+        elif self._get("api/jobs/" + urllib.parse.quote(self.job_id, safe="")) is None:
+            self.job_id = None   # a new job on this port (a run's next job): find it
         for path in self.also:
             self._get(path.lstrip("/"))
 

@@ -128,8 +128,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("%-12s %10.0f images/s steady (samples %s)%s" % (
             name, r["steady_images_per_s"],
             ", ".join("%.0f" % x for x in r["steady_samples"]),
-            "; polled: %d ok / %d errors" % (sum(p["ok"] for p in polled),
-                                            sum(p["errors"] for p in polled))
+            "; polled: %d ok / %d failed" % (sum(p["ok"] for p in polled),
+                                            sum(p["failed"] for p in polled))
             if polled else ""))
     progress("wrote %s", path)
     return 0

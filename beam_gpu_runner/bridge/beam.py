@@ -173,6 +173,10 @@ INTERNALS: tuple[Internal, ...] = (
              "looks the flush class up by name when called"),
     Internal("apache_beam.runners.worker.sdk_worker_main", "main", "bridge/harness.py",
              "the SDK harness entry point"),
+    Internal("apache_beam.runners.worker.worker_id_interceptor",
+             "WorkerIdInterceptor._worker_id", "bridge/harness.py",
+             "the worker id Beam's log handler sends, read from WORKER_ID only at "
+             "import: set again for each job of a reused worker"),
     Internal("apache_beam.runners.worker.log_handler", "LOGENTRY_TO_LOG_LEVEL_MAP",
              "workers/logs.py", "worker log levels"),
     # private names elsewhere in Beam

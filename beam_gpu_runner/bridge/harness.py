@@ -17,6 +17,7 @@ import this module first thing.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 _LOG = logging.getLogger(__name__)
@@ -44,8 +45,14 @@ def install_flush_size(size: int) -> None:
 
 
 def run_harness(argv: list[str]) -> None:
-    """Beam's ``sdk_worker_main.main`` with ~1 MB output messages."""
-    from apache_beam.runners.worker import sdk_worker_main
+    """Beam's ``sdk_worker_main.main`` with ~1 MB output messages, for the
+    job whose variables are in ``os.environ`` (a reused worker runs it once
+    per job, ``placement/harness.py``)."""
+    from apache_beam.runners.worker import sdk_worker_main, worker_id_interceptor
+
+    # Beam's log handler names its worker by a class attribute read from
+    # WORKER_ID when Beam is imported: the previous job's id in a reused worker.
+    worker_id_interceptor.WorkerIdInterceptor._worker_id = os.environ.get("WORKER_ID")
 
     try:
         install_flush_size(OUTPUT_MESSAGE_BYTES)

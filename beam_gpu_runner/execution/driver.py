@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Protocol
 
+from beam_gpu_runner.bridge.fnapi import BundleError
 from beam_gpu_runner.engine.element_manager import ElementManager
 from beam_gpu_runner.engine.events import (
     Bundle, BundleFailed, BundleSucceeded, Drain, Event, Instruction,
@@ -286,6 +287,8 @@ def worker_lost(worker: Any, exc: BaseException) -> bool:
     """Whether ``exc`` came from the worker dying (the bundle may run again)."""
     if isinstance(exc, WorkerLostError) or getattr(worker, "lost", None):
         return True
+    if isinstance(exc, BundleError):
+        return False   # the worker answered: it reported the bundle's failure
     process = getattr(worker, "process", None)
     if process is None:
         return False

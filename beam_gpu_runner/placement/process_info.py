@@ -99,6 +99,14 @@ class LogFile:
             except (OSError, ValueError) as exc:   # a full disk, a removed folder
                 _LOG.debug("worker log %s: write failed: %r", self.path, exc)
 
+    def reopen(self, path: str) -> None:
+        """Write to ``path`` from now on (a worker reused by another job)."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+            self.path = path
+            self._file = open(path, "ab")
+
     def close(self) -> None:
         with self._lock:
             if self._file is not None:

@@ -38,7 +38,7 @@ def test_smoke_run_writes_expected_json(tmp_path: Path) -> None:
     for key in ("date", "machine", "baseline", "raw_limit", "mnist_throughput",
                 "mnist_latency", "trivial", "startup", "scaling", "targets",
                 "device_bound", "cpu_bound", "streaming", "fast_edge", "gbk_memory",
-                "spill_table"):
+                "spill_table", "suite"):
         assert key in out, key
     assert out["machine"]["cores"] == os.cpu_count()
     stream = out["mnist_throughput"]
@@ -51,8 +51,13 @@ def test_smoke_run_writes_expected_json(tmp_path: Path) -> None:
         assert 0 < lat["latency_p50_ms"] <= lat["latency_p99_ms"]
         assert out["trivial"][runner]["elements_per_s"] > 0
         assert out["trivial"][runner]["steady_elements_per_s"] > 0
-    for mode in ("cold-gpu", "cold-direct", "warm-jobserver", "warm-jobserver-lean-client"):
+    for mode in ("cold-gpu", "cold-direct", "next-gpu", "next-direct", "warm-jobserver",
+                 "warm-jobserver-lean-client"):
         assert out["startup"][mode]["median_s"] > 0
+    # issue 17: the same selection of Beam's FnApiRunnerTest passed on both runners
+    suite = out["suite"]
+    assert suite["gpu"]["passed"] == suite["direct"]["passed"] > 0
+    assert suite["ratio_vs_direct"] > 0
     assert out["raw_limit"]["images_per_s"] > 0
     sizes = out["sizes"]
     # issue 14: every element ran once, on a device of the stage's pool

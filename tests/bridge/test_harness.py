@@ -77,3 +77,54 @@ def test_worker_logging_reaches_stderr_only_as_errors_before_beams_handler(monke
     root.addHandler(FnApiLogRecordHandler())
     log.error("relayed over the Fn API only")
     assert err.getvalue() == "ERROR beam_gpu_runner.test_harness: early error\n"
+
+
+def test_a_reusable_worker_serves_one_job_per_environment_line(monkeypatch):
+    import io
+    import json
+    import os
+
+    environ = {"WORKER_ID": "w1", "OLD_ONLY": "x"}
+    ran: list[dict[str, str]] = []
+    lines = b"".join(json.dumps({"env": env}).encode() + b"\n" for env in (
+        {"WORKER_ID": "w2", "JOB": "2"}, {"WORKER_ID": "w3", "JOB": "3"}))
+    status_read, status_write = os.pipe()
+    try:
+        entry_point.serve_jobs(lambda: ran.append(dict(environ)), io.BytesIO(lines),
+                               status_write, environ)
+        said = os.read(status_read, 100)
+    finally:
+        os.close(status_read)
+        os.close(status_write)
+    # the first job's environment, then each line's, replacing (not merging)
+    assert ran == [{"WORKER_ID": "w1", "OLD_ONLY": "x"},
+                   {"WORKER_ID": "w2", "JOB": "2"}, {"WORKER_ID": "w3", "JOB": "3"}]
+    assert said == entry_point.IDLE * 3   # after each job; then stdin ended
+
+
+def test_beams_closed_log_handler_is_dropped_between_jobs(monkeypatch):
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))   # restored after
+
+    class FnApiLogRecordHandler(logging.Handler):   # Beam's, by name
+        def emit(self, record: logging.LogRecord) -> None:
+            pass
+
+    other = logging.NullHandler()
+    root.addHandler(FnApiLogRecordHandler())
+    root.addHandler(other)
+    entry_point.drop_fn_api_log_handlers()
+    assert other in root.handlers
+    assert not [h for h in root.handlers if type(h).__name__ == "FnApiLogRecordHandler"]
+
+
+def test_the_harness_names_the_current_jobs_worker_in_its_log_stream(monkeypatch):
+    from apache_beam.runners.worker import sdk_worker_main, worker_id_interceptor
+
+    monkeypatch.setattr(sdk_worker_main, "main", lambda argv: None)
+    monkeypatch.setattr(worker_id_interceptor.WorkerIdInterceptor, "_worker_id", "old")
+    monkeypatch.setenv("WORKER_ID", "worker_7")
+    harness.run_harness(["harness"])
+    assert worker_id_interceptor.WorkerIdInterceptor()._worker_id == "worker_7"

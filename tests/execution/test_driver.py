@@ -333,3 +333,40 @@ def test_runner_side_stages_run_on_the_driver_thread_with_the_engines_time():
     [(name, time)] = calls
     # Its own input, being processed, still holds its input watermark.
     assert name == "the-driver" and time.input_watermark < MAX_TIMESTAMP
+
+
+class TestingProcess:
+    """A worker's process for ``worker_lost``; ``wait`` is how long it waited."""
+    __test__ = False
+
+    def __init__(self, alive: bool) -> None:
+        self.alive = alive
+        self.waited: list[float] = []
+
+    def wait(self, timeout: float) -> None:
+        self.waited.append(timeout)
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+
+@dataclass
+class TestingLostWorker:
+    __test__ = False
+    process: TestingProcess
+    lost: Optional[str] = None
+
+
+def test_a_failure_the_worker_reported_is_not_a_lost_worker_and_costs_no_wait():
+    from beam_gpu_runner.bridge.fnapi import BundleError
+    from beam_gpu_runner.execution.driver import worker_lost
+
+    worker = TestingLostWorker(TestingProcess(alive=True))
+    assert not worker_lost(worker, BundleError("ZeroDivisionError in step Map"))
+    assert worker.process.waited == []
+    # a broken channel: the process is given a moment to be seen dead
+    dead = TestingLostWorker(TestingProcess(alive=False))
+    assert worker_lost(dead, RuntimeError("channel closed"))
+    assert dead.process.waited == [1.0]
+    assert worker_lost(TestingLostWorker(TestingProcess(True), lost="died"),
+                       RuntimeError("x"))

@@ -146,3 +146,25 @@ def test_stop_ends_what_the_worker_started(monkeypatch):
         child.wait(30)   # raises TimeoutExpired if the child outlived the stop
     finally:
         placement.close()
+
+
+def test_only_variables_read_at_interpreter_start_decide_whether_a_worker_is_reused():
+    command = ["python", "-m", "harness"]
+    base = {"PYTHONPATH": "/a", "CONTROL_API_SERVICE_DESCRIPTOR": "url: 'x:1'",
+            "WORKER_ID": "w1", "MY_SETTING": "1"}
+    same = dict(base, CONTROL_API_SERVICE_DESCRIPTOR="url: 'x:2'", WORKER_ID="w2",
+                MY_SETTING="2")
+    assert local.reuse_key(command, base) == local.reuse_key(command, same)
+    for changed in ({"PYTHONPATH": "/b"}, {"LD_PRELOAD": "x.so"},
+                    {"CUDA_VISIBLE_DEVICES": "1"}, {"MALLOC_ARENA_MAX": "2"}):
+        assert local.reuse_key(command, base) != local.reuse_key(command,
+                                                                 dict(base, **changed))
+    assert local.reuse_key(command, base) != local.reuse_key(["other"], base)
+
+
+def test_a_reused_worker_gets_the_next_jobs_whole_environment():
+    import json
+
+    line = local.job_env_line({"WORKER_ID": "w2", "MY_SETTING": "2"})
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == {"env": {"WORKER_ID": "w2", "MY_SETTING": "2"}}

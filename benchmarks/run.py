@@ -562,7 +562,7 @@ def _rows_issue15(out: dict[str, Any]) -> list[Row]:
         rows.append(("GroupByKey %.2f GB: driver peak RSS (GB)"
                      % (g["gpu"]["shuffled_bytes"] / 1e9),
                      "%.2f" % (g["gpu"]["driver_peak_rss_bytes"] / 1e9),
-                     "%.2f" % (g["direct"]["driver_peak_rss_bytes"] / 1e9), "getrusage"))
+                     "%.2f" % (g["direct"]["driver_peak_rss_bytes"] / 1e9), "VmHWM"))
         rows.append(("  with its workers, sampled (GB)",
                      "%.2f" % (g["gpu"]["tree_peak_rss_bytes"] / 1e9),
                      "%.2f" % (g["direct"]["tree_peak_rss_bytes"] / 1e9), "psutil, 50 ms"))

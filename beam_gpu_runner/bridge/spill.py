@@ -26,7 +26,11 @@ its size, ~160-182 bytes per key with its first value (the key object, the
 list, the dict entry); rounded up to 48 and 144.
 
 When a reservation fails, the table writes all it holds in memory to its
-spill file as one *run* and releases its reservation. A run is append-only:
+spill file as one *run*, releases its reservation and gives the freed memory
+back to the operating system (``give_back_freed_memory``: glibc keeps freed
+~1 MB blocks in its arenas, so without it the driver's resident set stayed
+0.3-0.6 GB above what it held: the 1 GB GroupByKey peaked at 1.43-1.71 GB
+with the default budget, 1.09-1.13 GB with it, same wall time). A run is append-only:
 records ``[key length, value count][value lengths][key][values]``
 (native-endian 32-bit lengths; the files never leave this process), sorted by
 ``(crc32(key), key)``, with a small index of where each of ``NUM_BUCKETS``
@@ -50,6 +54,8 @@ from __future__ import annotations
 
 import array
 import bisect
+import ctypes
+import ctypes.util
 import itertools
 import logging
 import os
@@ -93,6 +99,32 @@ _LENGTH_CODE = "I"   # 4-byte unsigned on every platform CPython supports
 assert array.array(_LENGTH_CODE).itemsize == 4
 
 Group = tuple[bytes, list[bytes]]
+
+
+def _find_malloc_trim() -> Optional[Callable[[int], int]]:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    trim = getattr(libc, "malloc_trim", None)   # glibc only
+    if trim is None:
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim  # type: ignore[no-any-return]
+
+
+_MALLOC_TRIM = _find_malloc_trim()
+
+
+def give_back_freed_memory() -> bool:
+    """Return the C allocator's free memory to the operating system (glibc's
+    ``malloc_trim(0)``); False where there is none to call (not glibc)."""
+    if _MALLOC_TRIM is None:
+        return False
+    _MALLOC_TRIM(0)
+    return True
 
 
 class SpillError(RuntimeError):
@@ -608,6 +640,7 @@ class SpillingGroupTable:
             self._budget.release(self._state.reserved)
         self._state.reserved = 0
         self._used = 0
+        give_back_freed_memory()
 
     def _write_alone(self, key: bytes, values: list[bytes]) -> None:
         """A group that does not fit in memory even alone goes to disk at once."""

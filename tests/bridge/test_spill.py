@@ -535,3 +535,21 @@ def test_a_few_hundred_mb_through_a_64_mb_budget_is_exact_and_near_the_budget(fo
     # values of the key being read (a key's values are held together, ~32 MiB)
     assert peak < 2 * limit, peak
     merged.close()
+
+
+def test_a_spill_gives_the_freed_memory_back_to_the_system(folder, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(spill, "_MALLOC_TRIM", lambda pad: calls.append(pad) or 1)
+    table = _filled(MemoryBudget(1 << 30), folder, _pairs(3, 500, 20))
+    assert calls == []          # nothing spilled, nothing to give back
+    table.spill()
+    assert calls == [0]         # malloc_trim(0) once the run is written
+    monkeypatch.setattr(spill, "_MALLOC_TRIM", None)   # not glibc: a no-op
+    assert spill.give_back_freed_memory() is False
+
+
+def test_this_hosts_allocator_can_give_memory_back():
+    if sys.platform != "linux" or "glibc" not in " ".join(
+            os.confstr("CS_GNU_LIBC_VERSION").split()[:1]):
+        pytest.skip("malloc_trim is glibc's")
+    assert spill.give_back_freed_memory() is True

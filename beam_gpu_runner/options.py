@@ -68,8 +68,8 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 #: Bytes of grouped data a job's driver holds before spilling. Grouped data
 #: is only part of what a shuffle costs the driver: a large group also lives
 #: in several transient copies on its way to a worker (Fn API messages), so
-#: a 1 GB GroupByKey of 105 MB groups peaked at 1.3-1.4 GB with this budget
-#: and 1.7-1.8 GB with 512 MiB (BUILD_NOTES.md).
+#: a 1 GB GroupByKey of 105 MB groups peaked at 1.1 GB with this budget
+#: (1.7-1.8 GB with 512 MiB before spills gave freed memory back; BUILD_NOTES.md).
 DEFAULT_SHUFFLE_MEMORY_BUDGET = 256 << 20
 
 #: Seconds an idle local worker waits for the next job (Flink's

@@ -31,7 +31,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 
-from benchmarks.common import RUNNERS, fake_gpu_options, steady_rate
+from benchmarks.common import RUNNERS, cold_start, fake_gpu_options, steady_rate
 
 MIB = 1 << 20
 HINT = "type:nvidia-h100;count:1"
@@ -40,7 +40,9 @@ CHAINING_OPTION = "--accelerator_chaining"
 
 
 def _run_and_count(pipeline: beam.Pipeline) -> tuple[float, dict[str, int]]:
-    """Runs ``pipeline``: its wall time and this module's counters."""
+    """Runs ``pipeline``, its workers started for it: its wall time and this
+    module's counters."""
+    cold_start()
     started = time.time()
     result = pipeline.run()
     result.wait_until_finish()

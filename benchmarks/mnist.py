@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import apache_beam as beam
 import numpy as np
 
-from benchmarks.common import options, steady_rate
+from benchmarks.common import cold_start, options, steady_rate
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ def run_stream(runner: str, num_images: int, rate: float = 0.0, batch_size: int 
             config = StreamingConfig(**{**asdict(config), "accelerator": ""})
         pipeline = beam.Pipeline(options=options(runner, num_workers, extra))
         build(pipeline, config)
+        cold_start()
         started = time.time()
         pipeline.run().wait_until_finish()
         wall = time.time() - started

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 
-from benchmarks.common import options, steady_rate
+from benchmarks.common import cold_start, options, steady_rate
 
 
 NAMESPACE = "benchmarks.trivial"
@@ -66,6 +66,7 @@ class TrivialRun:
 def run_trivial(runner: str, num_elements: int, num_workers: int = 0) -> TrivialRun:
     pipeline = beam.Pipeline(options=options(runner, num_workers))
     build(pipeline, num_elements)
+    cold_start()
     started = time.time()
     result = pipeline.run()
     result.wait_until_finish()

@@ -31,6 +31,10 @@ WINDOW = re.compile(r"^(\(worker_\d+\) )?window \d\d:\d\d:\d\d-\d\d:\d\d:\d\d: \
 SUMMARY = re.compile(r"^summary: (\d+) images, accuracy [\d.]+% \((\d+) correct\)")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Demo:
     """The demo in a subprocess; its stderr read line by line as it comes."""
 
@@ -43,7 +47,11 @@ class Demo:
             [sys.executable, "-X", "faulthandler", "-m",
              "beam_gpu_runner.pipelines.mnist_streaming", *args],
             stdout=open(self.stdout_path, "wb"), stderr=subprocess.PIPE, env=env,
-            start_new_session=True)   # a terminal's foreground group: signals reach it only
+            start_new_session=True,   # a terminal's foreground group: signals reach it only
+            # and, as a shell does for a foreground job, SIGINT at its default: a
+            # suite started in the background (`cmd &`) ignores SIGINT, the demo
+            # would inherit that and never see the test's Ctrl-C
+            preexec_fn=_default_sigint)
         self.lines: list[str] = []
         self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -86,7 +94,11 @@ class Demo:
         return "\n".join(self.lines + lines)
 
     def finish(self) -> int:
-        returncode = self.proc.wait(LIMIT_S)
+        try:
+            returncode = self.proc.wait(LIMIT_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the demo did not end in %.0f s; its threads:\n%s"
+                                 % (LIMIT_S, self.stacks())) from None
         while True:
             line = self._queue.get(timeout=LIMIT_S)
             if line is None:

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import psutil
 import pytest
@@ -31,8 +31,16 @@ WINDOW = re.compile(r"^(\(worker_\d+\) )?window \d\d:\d\d:\d\d-\d\d:\d\d:\d\d: \
 SUMMARY = re.compile(r"^summary: (\d+) images, accuracy [\d.]+% \((\d+) correct\)")
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _popen_with_sigint(*args: Any, **kwargs: Any) -> "subprocess.Popen[bytes]":
+    """Popen with SIGINT at its default in the child, as a shell starts a
+    foreground job: a suite started in the background (`cmd &`) ignores SIGINT,
+    and an ignored signal stays ignored across exec, so the demo would never
+    see the test's Ctrl-C. A handler (unlike SIG_IGN) is reset by exec."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(*args, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Demo:
@@ -43,15 +51,11 @@ class Demo:
         self.temp.mkdir()
         env = dict(os.environ, TMPDIR=str(self.temp), BEAM_GPU_RUNNER_LEASE_DIR=str(self.temp))
         self.stdout_path = tmp_path / "stdout.txt"
-        self.proc = subprocess.Popen(
+        self.proc = _popen_with_sigint(
             [sys.executable, "-X", "faulthandler", "-m",
              "beam_gpu_runner.pipelines.mnist_streaming", *args],
             stdout=open(self.stdout_path, "wb"), stderr=subprocess.PIPE, env=env,
-            start_new_session=True,   # a terminal's foreground group: signals reach it only
-            # and, as a shell does for a foreground job, SIGINT at its default: a
-            # suite started in the background (`cmd &`) ignores SIGINT, the demo
-            # would inherit that and never see the test's Ctrl-C
-            preexec_fn=_default_sigint)
+            start_new_session=True)   # a terminal's foreground group: signals reach it only
         self.lines: list[str] = []
         self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

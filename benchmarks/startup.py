@@ -12,7 +12,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from benchmarks.common import options
+from benchmarks.common import cold_start, options
 
 _LOG = logging.getLogger(__name__)
 
@@ -49,11 +49,9 @@ def _time_job(opts: PipelineOptions) -> float:
 def cold(runner: str, repeats: int) -> StartupRun:
     """``Pipeline.run()`` to done as the first job of a process: no idle
     worker of an earlier job is left to reuse."""
-    from beam_gpu_runner.placement.warm import WARM
-
     samples = []
     for _ in range(repeats):
-        WARM.retire_all()
+        cold_start()
         samples.append(_time_job(options(runner, 1)))
     return StartupRun("cold-%s" % runner, statistics.median(samples), samples)
 

@@ -628,10 +628,12 @@ class SpillingGroupTable:
 
     def _spill_memory(self) -> None:
         segments: list[Segment] = []
+        wrote = False
         for segment in self._segments:
             if isinstance(segment, _Memory):
                 if segment.groups:
                     segments.append(self._write_run(segment.groups))
+                    wrote = True
             else:
                 segments.append(segment)
         self._segments = segments
@@ -640,7 +642,8 @@ class SpillingGroupTable:
             self._budget.release(self._state.reserved)
         self._state.reserved = 0
         self._used = 0
-        give_back_freed_memory()
+        if wrote:   # what was written is freed now
+            give_back_freed_memory()
 
     def _write_alone(self, key: bytes, values: list[bytes]) -> None:
         """A group that does not fit in memory even alone goes to disk at once."""

@@ -19,6 +19,7 @@ job that would start one with the same environment (see there).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import hashlib
 import json
@@ -261,14 +262,12 @@ class _Reuse:
         with self._lock:
             commands, self._commands = self._commands, None
             fd, self._status_fd = self._status_fd, None
-        for end in (commands.close if commands else None,
-                    functools.partial(os.close, fd) if fd is not None else None):
-            if end is None:
-                continue
-            try:
-                end()
-            except OSError:
-                pass
+        if commands is not None:
+            with contextlib.suppress(OSError):
+                commands.close()
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class LocalPlacement:
@@ -354,30 +353,31 @@ class LocalPlacement:
     def _start(self, launch: WorkerLaunch, command: list[str], env: dict[str, str],
                log_path: str, key: Optional[str]) -> LocalProcess:
         log_file = LogFile(log_path)
-        status_read, status_write = os.pipe() if key else (-1, -1)
-        if key:
-            env[harness.REUSE_FD_ENV] = str(status_write)
+        # A reusable worker writes "idle" into this pipe (read end, write end).
+        status = os.pipe() if key else None
+        if status is not None:
+            env[harness.REUSE_FD_ENV] = str(status[1])
         _LOG.info("Starting worker %s (%s), log %s", launch.worker_id,
                   launch.requirements.describe(), log_path)
         # Its own session: the terminal's Ctrl-C reaches the driver, not it.
         try:
             popen = subprocess.Popen(
-                command, env=env, stdin=subprocess.PIPE if key else subprocess.DEVNULL,
+                command, env=env, stdin=subprocess.PIPE if status else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                pass_fds=(status_write,) if key else ())
+                pass_fds=status[1:] if status else ())
         except BaseException:
             log_file.close()
-            if key:
-                os.close(status_read)
+            if status is not None:
+                os.close(status[0])
             raise
         finally:
-            if key:
-                os.close(status_write)
+            if status is not None:
+                os.close(status[1])   # the worker holds its own copy
         assert popen.stdout is not None and popen.stderr is not None
         reuse = None
-        if key:
+        if key and status is not None:
             assert popen.stdin is not None
-            reuse = _Reuse(key, popen.stdin, status_read)
+            reuse = _Reuse(key, popen.stdin, status[0])
         process = LocalProcess(launch.worker_id, popen, log_path, log_file, reuse=reuse)
         process._pumps = tuple(
             OutputPump("%s-%s" % (launch.worker_id, stream), pipe, log_file, stream,

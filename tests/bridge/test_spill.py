@@ -544,6 +544,8 @@ def test_a_spill_gives_the_freed_memory_back_to_the_system(folder, monkeypatch):
     assert calls == []          # nothing spilled, nothing to give back
     table.spill()
     assert calls == [0]         # malloc_trim(0) once the run is written
+    table.spill()
+    assert calls == [0]         # nothing was left in memory: nothing freed
     monkeypatch.setattr(spill, "_MALLOC_TRIM", None)   # not glibc: a no-op
     assert spill.give_back_freed_memory() is False
 
